@@ -1,0 +1,21 @@
+"""glowtorch: Glow (Kingma & Dhariwal 2018), generative flow with invertible 1x1 convolutions, in PyTorch."""
+
+from .checkpoint import CheckpointError, load_model, save_model
+from .metrics import bits_per_dim, nll_bits_per_dim
+from .model import Glow, GlowConfig, NotInitializedError
+from .preprocess import dequantize, to_uint8
+
+__all__ = [
+    "CheckpointError",
+    "Glow",
+    "GlowConfig",
+    "NotInitializedError",
+    "bits_per_dim",
+    "dequantize",
+    "load_model",
+    "nll_bits_per_dim",
+    "save_model",
+    "to_uint8",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,380 @@
+"""Glow's invertible layers.
+
+Every layer follows one contract (data -> latent is "forward", as in the paper):
+
+    forward(x) -> (y, logdet)    logdet = log|det dy/dx|, shape (B,)
+    inverse(y) -> (x, logdet)    logdet = log|det dx/dy| = -forward's logdet
+
+Images are ``(B, C, H, W)`` tensors throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ActNorm",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "CouplingNetwork",
+    "FlowSequence",
+    "FlowStep",
+    "InvertibleConv1x1",
+    "InvertibleConv1x1LU",
+    "ReversePermutation",
+    "ShufflePermutation",
+    "Split",
+    "Squeeze",
+    "ZeroConv2d",
+    "gaussian_log_prob",
+    "random_rotation",
+]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Log-density of a diagonal Gaussian, summed over all but the batch dimension.
+
+    Args:
+        z, mean, log_std: ``(B, C, H, W)`` (mean and log_std broadcast).
+
+    Returns:
+        ``(B,)``: sum of ``-0.5 * (log 2pi + 2 log_std + (z - mean)^2 / std^2)``.
+    """
+    log_p = -0.5 * (LOG_2PI + 2.0 * log_std + (z - mean) ** 2 * torch.exp(-2.0 * log_std))
+    return log_p.flatten(1).sum(1)
+
+
+def random_rotation(channels: int, generator: torch.Generator | None = None) -> Tensor:
+    """A random orthogonal ``(channels, channels)`` matrix (QR of a Gaussian matrix), in float64."""
+    q, r = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine map ``y = (x + bias) * exp(log_scale)`` with data-dependent init.
+
+    ``initialize(x)`` sets the parameters so the outputs on ``x`` have zero mean and unit
+    variance per channel. Whether that happened is the buffer ``initialized``, saved with the
+    model, so loading a checkpoint never initializes again. logdet = H * W * sum(log_scale).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, all_reduce_mean=None) -> None:
+        """Set bias and scale from a batch ``x`` of shape ``(B, C, H, W)``.
+
+        ``all_reduce_mean``, when given, averages a tensor over processes (distributed init):
+        the statistics are then those of the union of all processes' batches.
+        A channel whose standard deviation is (numerically) zero keeps scale 1.
+        """
+        moments = torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]).double()
+        if all_reduce_mean is not None:
+            moments = all_reduce_mean(moments)
+        mean, mean_sq = moments[0], moments[1]
+        std = (mean_sq - mean * mean).clamp_min(0.0).sqrt()
+        log_scale = torch.where(std > 1e-6, -torch.log(std.clamp_min(1e-6)), torch.zeros_like(std))
+        self.bias.copy_((-mean).view_as(self.bias))
+        self.log_scale.copy_(log_scale.view_as(self.log_scale))
+        self.initialized.fill_(True)
+
+    def logdet(self, x: Tensor) -> Tensor:
+        height, width = x.shape[2], x.shape[3]
+        return (height * width * self.log_scale.sum()).expand(x.shape[0])
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (x + self.bias) * torch.exp(self.log_scale), self.logdet(x)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return y * torch.exp(-self.log_scale) - self.bias, -self.logdet(y)
+
+
+class InvertibleConv1x1(nn.Module):
+    """Invertible 1x1 convolution with an unconstrained weight ``W`` (``C x C``).
+
+    Initialized to a random rotation. logdet = H * W * log|det W|, computed in float64;
+    the inverse weight is computed in float64 and cast back.
+    """
+
+    def __init__(self, channels: int, weight: Tensor | None = None) -> None:
+        super().__init__()
+        dtype = torch.get_default_dtype() if weight is None else weight.dtype
+        if weight is None:
+            weight = random_rotation(channels)
+        self.weight = nn.Parameter(weight.to(dtype).clone())
+
+    def weight_matrix(self) -> Tensor:
+        return self.weight
+
+    def log_abs_det(self) -> Tensor:
+        return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
+
+    def inverse_matrix(self) -> Tensor:
+        return torch.linalg.inv(self.weight.double()).to(self.weight.dtype)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = x.shape[2], x.shape[3]
+        y = F.conv2d(x, self.weight_matrix()[:, :, None, None])
+        return y, (height * width * self.log_abs_det()).expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = y.shape[2], y.shape[3]
+        x = F.conv2d(y, self.inverse_matrix()[:, :, None, None])
+        return x, (-height * width * self.log_abs_det()).expand(y.shape[0])
+
+
+class InvertibleConv1x1LU(nn.Module):
+    """Invertible 1x1 convolution, LU-decomposed: ``W = P L (U + diag(sign(s) exp(log|s|)))``.
+
+    ``P`` (permutation) and ``sign(s)`` are fixed buffers; ``L`` (unit lower triangular),
+    ``U`` (strictly upper triangular) and ``log|s|`` are learned. logdet = H * W * sum(log|s|).
+    """
+
+    def __init__(self, channels: int, weight: Tensor | None = None) -> None:
+        super().__init__()
+        dtype = torch.get_default_dtype() if weight is None else weight.dtype
+        if weight is None:
+            weight = random_rotation(channels)
+        p, lower, upper = torch.linalg.lu(weight.double())
+        s = torch.diagonal(upper)
+        self.register_buffer("permutation", p.to(dtype))
+        self.register_buffer("sign_s", torch.sign(s).to(dtype))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1).to(dtype), persistent=False)
+        self.register_buffer("eye", torch.eye(channels, dtype=dtype), persistent=False)
+        self.lower = nn.Parameter(lower.to(dtype))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
+
+    def weight_matrix(self) -> Tensor:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.permutation @ lower @ upper
+
+    def log_abs_det(self) -> Tensor:
+        return self.log_s.sum()
+
+    def inverse_matrix(self) -> Tensor:
+        return torch.linalg.inv(self.weight_matrix().double()).to(self.log_s.dtype)
+
+    forward = InvertibleConv1x1.forward
+    inverse = InvertibleConv1x1.inverse
+
+
+class ReversePermutation(nn.Module):
+    """Reverses the channel order (the paper's "reverse" baseline); logdet 0."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return y.flip(1), y.new_zeros(y.shape[0])
+
+
+class ShufflePermutation(nn.Module):
+    """A fixed random channel shuffle whose order is saved with the model; logdet 0."""
+
+    def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        order = torch.randperm(channels, generator=generator)
+        self.register_buffer("order", order)
+        self.register_buffer("inverse_order", torch.argsort(order))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[:, self.order], x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return y[:, self.inverse_order], y.new_zeros(y.shape[0])
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution starting at zero, output scaled by ``exp(3 * log_scale)`` (reference code)."""
+
+    def __init__(self, in_channels: int, out_channels: int, log_scale_factor: float = 3.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.log_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+        self.log_scale_factor = log_scale_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) * torch.exp(self.log_scale * self.log_scale_factor)
+
+
+class CouplingNetwork(nn.Module):
+    """conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-initialized conv3x3: ``(B, C_in, H, W) -> (B, C_out, H, W)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
+        self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1)
+        for conv in (self.conv_in, self.conv_hidden):
+            nn.init.normal_(conv.weight, 0.0, 0.05)
+            nn.init.zeros_(conv.bias)
+        self.conv_out = ZeroConv2d(hidden_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv_in(x))
+        h = F.relu(self.conv_hidden(h))
+        return self.conv_out(h)
+
+
+class _Coupling(nn.Module):
+    """Shared split of channels: the first ``C // 2`` condition, the rest are transformed."""
+
+    out_factor = 1
+
+    def __init__(self, channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        self.split = channels // 2
+        self.net = CouplingNetwork(self.split, self.out_factor * (channels - self.split), hidden_channels)
+        # Set by the model: None (float32/float64 as the input) or a dtype for autocast.
+        self.autocast_dtype: torch.dtype | None = None
+
+    def network(self, x_cond: Tensor) -> Tensor:
+        if self.autocast_dtype is None:
+            return self.net(x_cond)
+        with torch.autocast(x_cond.device.type, dtype=self.autocast_dtype):
+            h = self.net(x_cond)
+        return h.to(x_cond.dtype)
+
+
+class AdditiveCoupling(_Coupling):
+    """``y_b = x_b + NN(x_a)``, ``y_a = x_a``; logdet 0 (volume preserving)."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        y_b = x_b + self.network(x_a)
+        return torch.cat([x_a, y_b], 1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
+        x_b = y_b - self.network(y_a)
+        return torch.cat([y_a, x_b], 1), y.new_zeros(y.shape[0])
+
+
+class AffineCoupling(_Coupling):
+    """``y_b = (x_b + shift) * scale`` with ``shift, h = NN(x_a)`` and ``scale = sigmoid(h + 2)``.
+
+    logdet = sum(log scale). The network's output channels alternate shift and scale (reference code).
+    """
+
+    out_factor = 2
+
+    def _shift_log_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.network(x_a)
+        return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        shift, log_scale = self._shift_log_scale(x_a)
+        y_b = (x_b + shift) * torch.exp(log_scale)
+        return torch.cat([x_a, y_b], 1), log_scale.flatten(1).sum(1)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
+        shift, log_scale = self._shift_log_scale(y_a)
+        x_b = y_b * torch.exp(-log_scale) - shift
+        return torch.cat([y_a, x_b], 1), -log_scale.flatten(1).sum(1)
+
+
+class Squeeze(nn.Module):
+    """2x2 space-to-depth: ``(B, C, H, W) -> (B, 4C, H/2, W/2)``; logdet 0."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, c, h, w = x.shape
+        y = x.view(b, c, h // 2, 2, w // 2, 2)
+        y = y.permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)  # (B, C*2*2, H/2, W/2)
+        return y, x.new_zeros(b)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        b, c4, h, w = y.shape
+        x = y.view(b, c4 // 4, 2, 2, h, w)
+        x = x.permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * h, 2 * w)  # (B, C, 2H, 2W)
+        return x, y.new_zeros(b)
+
+
+class FlowSequence(nn.Module):
+    """Layers applied in order; logdets add up. ``inverse`` runs them backwards."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, layer_logdet = layer(x)
+            logdet = logdet + layer_logdet
+        return x, logdet
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = y.new_zeros(y.shape[0])
+        for layer in reversed(self.layers):
+            y, layer_logdet = layer.inverse(y)
+            logdet = logdet + layer_logdet
+        return y, logdet
+
+
+PERMUTATIONS = {
+    "lu": InvertibleConv1x1LU,
+    "invconv": InvertibleConv1x1,
+    "shuffle": ShufflePermutation,
+    "reverse": lambda channels: ReversePermutation(),
+}
+COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+
+
+class FlowStep(FlowSequence):
+    """One step of flow: ActNorm -> permutation (1x1 conv, shuffle or reverse) -> coupling."""
+
+    def __init__(self, channels: int, hidden_channels: int, coupling: str = "affine", permutation: str = "lu") -> None:
+        super().__init__(
+            [
+                ActNorm(channels),
+                PERMUTATIONS[permutation](channels),
+                COUPLINGS[coupling](channels, hidden_channels),
+            ]
+        )
+
+    @property
+    def actnorm(self) -> ActNorm:
+        return self.layers[0]
+
+    @property
+    def coupling(self) -> _Coupling:
+        return self.layers[2]
+
+
+class Split(nn.Module):
+    """Factors out half the channels, with a learned Gaussian prior conditioned on the kept half.
+
+    ``forward(h) -> (kept, z)`` splits ``(B, C, H, W)`` into ``(B, C - C//2, H, W)`` and
+    ``(B, C//2, H, W)``; ``prior(kept) -> (mean, log_std)`` of ``z``, from a zero-initialized
+    conv (standard normal at initialization). The split itself has unit Jacobian.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.kept_channels = channels - channels // 2
+        self.prior_net = ZeroConv2d(self.kept_channels, 2 * (channels // 2))
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return h[:, : self.kept_channels], h[:, self.kept_channels :]
+
+    def inverse(self, kept: Tensor, z: Tensor) -> Tensor:
+        return torch.cat([kept, z], 1)
+
+    def prior(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.prior_net(kept)
+        return h[:, 0::2], h[:, 1::2]

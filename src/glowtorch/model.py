@@ -1,0 +1,321 @@
+"""The multi-scale Glow model (Kingma & Dhariwal 2018, Figure 2b) and its configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import COUPLINGS, PERMUTATIONS, ActNorm, FlowSequence, FlowStep, Split, Squeeze, gaussian_log_prob
+
+__all__ = ["Glow", "GlowConfig", "NotInitializedError"]
+
+
+class NotInitializedError(RuntimeError):
+    """Raised when a model is used before its ActNorm layers were initialized."""
+
+
+@dataclass(frozen=True)
+class GlowConfig:
+    """Architecture of a Glow model. Every field is saved in ``config.json``.
+
+    Attributes:
+        image_shape: ``(C, H, W)`` of the model's input; H and W divisible by ``2**levels``.
+        levels: L, the number of scales (squeeze -> steps -> split).
+        depth: K, steps of flow per level.
+        hidden_channels: width of the coupling networks.
+        coupling: "affine" or "additive".
+        permutation: "lu" (LU 1x1 conv), "invconv" (plain 1x1 conv), "shuffle" or "reverse".
+        learn_top: learn the top prior's mean and log-std (zero-initialized).
+        num_classes: > 0 makes the model class-conditional (top prior and latent classifier).
+        n_bits: bits per pixel value the data is reduced to (1..8).
+    """
+
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    levels: int = 3
+    depth: int = 32
+    hidden_channels: int = 512
+    coupling: str = "affine"
+    permutation: str = "lu"
+    learn_top: bool = True
+    num_classes: int = 0
+    n_bits: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}")
+        for name in ("levels", "depth", "hidden_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _, height, width = self.image_shape
+        factor = 2**self.levels
+        if height % factor or width % factor:
+            raise ValueError(
+                f"image height and width must be divisible by 2**levels = {factor}, got {height}x{width}; "
+                "pad or resize the images, or use fewer levels"
+            )
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")
+        if self.permutation not in PERMUTATIONS:
+            raise ValueError(f"permutation must be one of {sorted(PERMUTATIONS)}, got {self.permutation!r}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if not 1 <= self.n_bits <= 8:
+            raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
+
+    @property
+    def num_dims(self) -> int:
+        """D = C * H * W."""
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GlowConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown GlowConfig fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
+class Glow(nn.Module):
+    """Glow: L levels of [squeeze -> K x (ActNorm -> permutation -> coupling) -> split].
+
+    Inputs ``x`` are ``(B, C, H, W)`` floats in [-0.5, 0.5) (see ``glowtorch.preprocess``).
+    Latents ``zs`` are a list with one tensor per level, finest first; the last is the top latent.
+    """
+
+    def __init__(self, config: GlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        channels, height, width = config.image_shape
+        self.levels = nn.ModuleList()
+        self.splits = nn.ModuleList()
+        self.latent_shapes: list[tuple[int, int, int]] = []
+        self.squeeze = Squeeze()
+        for level in range(config.levels):
+            channels, height, width = channels * 4, height // 2, width // 2
+            steps = [
+                FlowStep(channels, config.hidden_channels, config.coupling, config.permutation)
+                for _ in range(config.depth)
+            ]
+            self.levels.append(FlowSequence(steps))
+            if level < config.levels - 1:
+                split = Split(channels)
+                self.splits.append(split)
+                self.latent_shapes.append((channels // 2, height, width))
+                channels = split.kept_channels
+        self.latent_shapes.append((channels, height, width))
+        self.top_channels = channels
+        # Top prior: (mean, log_std) interleaved on the channel axis, zero at init = standard normal.
+        self.top_prior = nn.Parameter(torch.zeros(1, 2 * channels, height, width), requires_grad=config.learn_top)
+        if config.num_classes > 0:
+            self.label_prior = nn.Linear(config.num_classes, 2 * channels)
+            self.classifier = nn.Linear(channels, config.num_classes)
+            for linear in (self.label_prior, self.classifier):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+
+    # ----------------------------------------------------------------- checks
+    def actnorms(self) -> list[ActNorm]:
+        return [m for m in self.modules() if isinstance(m, ActNorm)]
+
+    @property
+    def is_initialized(self) -> bool:
+        return all(bool(a.initialized) for a in self.actnorms())
+
+    def _require_initialized(self) -> None:
+        if not self.is_initialized:
+            raise NotInitializedError(
+                "the model's ActNorm layers are not initialized: call model.initialize(x) on a batch of data "
+                "first, or load a trained checkpoint"
+            )
+
+    def _check_input(self, x: Tensor) -> None:
+        expected = self.config.image_shape
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected float images in [-0.5, 0.5), got dtype {x.dtype}; use glowtorch.dequantize")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+
+    def _check_labels(self, y: Tensor | None, batch: int) -> Tensor | None:
+        if self.config.num_classes == 0:
+            if y is not None:
+                raise ValueError("this model is not class-conditional (num_classes=0): do not pass y")
+            return None
+        if y is None:
+            raise ValueError(f"this model is class-conditional ({self.config.num_classes} classes): pass labels y")
+        y = torch.as_tensor(y, device=self.top_prior.device)
+        if y.dim() == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,) or y.is_floating_point():
+            raise ValueError(f"y must be {batch} integer labels, got shape {tuple(y.shape)} dtype {y.dtype}")
+        if len(y) and (y.min() < 0 or y.max() >= self.config.num_classes):
+            raise ValueError(
+                f"labels must be in [0, {self.config.num_classes - 1}], got {y.min().item()}..{y.max().item()}"
+            )
+        return y
+
+    # ----------------------------------------------------------------- priors
+    def top_prior_params(self, batch: int, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Mean and log-std of the top latent: ``(B, C_top, H_top, W_top)`` each."""
+        h = self.top_prior.expand(batch, -1, -1, -1)
+        if y is not None:
+            onehot = F.one_hot(y.long(), self.config.num_classes).to(h.dtype)
+            h = h + self.label_prior(onehot)[:, :, None, None]
+        return h[:, 0::2], h[:, 1::2]
+
+    # ----------------------------------------------------------------- passes
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor | None = None, all_reduce_mean=None) -> None:
+        """Data-dependent ActNorm initialization from one batch ``x`` ``(B, C, H, W)``.
+
+        Each ActNorm is set from the activations reaching it, so the whole network starts
+        with zero-mean, unit-variance activations. ``all_reduce_mean`` (distributed training)
+        averages the statistics over processes.
+        """
+        self._check_input(x)
+        if y is not None:  # labels only reach the top prior, which initialization does not touch
+            self._check_labels(y, x.shape[0])
+        actnorms = self.actnorms()
+        for actnorm in actnorms:
+            actnorm.initialized.fill_(False)
+        h = x
+        for level, steps in enumerate(self.levels):
+            h, _ = self.squeeze(h)
+            for step in steps.layers:
+                step.actnorm.initialize(h, all_reduce_mean)
+                h, _ = step(h)
+            if level < len(self.splits):
+                h, _ = self.splits[level](h)
+
+    def _encode(self, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Returns (zs, logdet, log prior density of zs)."""
+        self._check_input(x)
+        y = self._check_labels(y, x.shape[0])
+        self._require_initialized()
+        h = x
+        zs: list[Tensor] = []
+        logdet = x.new_zeros(x.shape[0])
+        log_prior = x.new_zeros(x.shape[0])
+        for level, steps in enumerate(self.levels):
+            h, _ = self.squeeze(h)
+            h, step_logdet = steps(h)
+            logdet = logdet + step_logdet
+            if level < len(self.splits):
+                split = self.splits[level]
+                h, z = split(h)
+                log_prior = log_prior + gaussian_log_prob(z, *split.prior(h))
+                zs.append(z)
+        zs.append(h)
+        log_prior = log_prior + gaussian_log_prob(h, *self.top_prior_params(h.shape[0], y))
+        return zs, logdet, log_prior
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """Data to latents: ``x`` ``(B, C, H, W)`` -> (``zs``, ``logdet`` ``(B,)``), finest latent first."""
+        zs, logdet, _ = self._encode(x, y)
+        return zs, logdet
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``(B,)`` log-density in nats of continuous ``x``: sum of latent log-priors + logdet."""
+        _, logdet, log_prior = self._encode(x, y)
+        return log_prior + logdet
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)`` from the mean-pooled top latent (class-conditional models)."""
+        if self.config.num_classes == 0:
+            raise ValueError("classify needs a class-conditional model (num_classes > 0)")
+        zs, _ = self.encode(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self.classifier_logits(zs[-1])
+
+    def classifier_logits(self, z_top: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` from a top latent ``(B, C_top, H_top, W_top)``."""
+        return self.classifier(z_top.mean(dim=(2, 3)))
+
+    def _check_latents(self, zs: Sequence[Tensor]) -> None:
+        if len(zs) != len(self.latent_shapes):
+            raise ValueError(f"expected {len(self.latent_shapes)} latents (one per level), got {len(zs)}")
+        batch = zs[0].shape[0] if zs[0].dim() == 4 else -1
+        for i, (z, shape) in enumerate(zip(zs, self.latent_shapes, strict=True)):
+            if z.dim() != 4 or tuple(z.shape[1:]) != shape or z.shape[0] != batch:
+                raise ValueError(f"latent {i} must have shape (B, {', '.join(map(str, shape))}), got {tuple(z.shape)}")
+
+    def decode(self, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
+        """Latents (finest first, as ``encode`` returns them) to images ``(B, C, H, W)``."""
+        self._check_latents(zs)
+        self._require_initialized()
+        h = zs[-1]
+        for level in reversed(range(len(self.levels))):
+            if level < len(self.splits):
+                h = self.splits[level].inverse(h, zs[level])
+            h, _ = self.levels[level].inverse(h)
+            h, _ = self.squeeze.inverse(h)
+        return h
+
+    def _temperatures(self, temperature: float | Sequence[float]) -> list[float]:
+        if isinstance(temperature, (int, float)):
+            temperatures = [float(temperature)] * len(self.latent_shapes)
+        else:
+            temperatures = [float(t) for t in temperature]
+            if len(temperatures) != len(self.latent_shapes):
+                raise ValueError(f"give one temperature per level ({len(self.latent_shapes)}), got {len(temperatures)}")
+        if any(not t >= 0 for t in temperatures):
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        return temperatures
+
+    @torch.no_grad()
+    def sample_with_latents(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 0.7,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[Tensor], Tensor]:
+        """Draws latents from the prior, each level's std scaled by its temperature (a number, or
+        one per level, finest first), and decodes them in the same pass: returns (zs, images)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        temperatures = self._temperatures(temperature)
+        y = self._check_labels(y, n)
+        self._require_initialized()
+        ref = self.top_prior
+
+        def draw(mean: Tensor, log_std: Tensor, t: float) -> Tensor:
+            eps = torch.randn(mean.shape, generator=generator, dtype=ref.dtype, device=ref.device)
+            return mean + t * torch.exp(log_std) * eps
+
+        zs: list[Tensor | None] = [None] * len(self.latent_shapes)
+        h = draw(*self.top_prior_params(n, y), temperatures[-1])
+        zs[-1] = h
+        for level in reversed(range(len(self.levels))):
+            if level < len(self.splits):
+                split = self.splits[level]
+                z = draw(*split.prior(h), temperatures[level])
+                zs[level] = z
+                h = split.inverse(h, z)
+            h, _ = self.levels[level].inverse(h)
+            h, _ = self.squeeze.inverse(h)
+        return zs, h
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 0.7,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``n`` images ``(n, C, H, W)`` in model space; ``temperature`` 0 gives the prior's mode."""
+        return self.sample_with_latents(n, temperature, y, generator)[1]

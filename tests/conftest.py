@@ -1,0 +1,46 @@
+"""Shared helpers: tiny models and parameter randomization (a fresh Glow is close to the identity)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glowtorch import Glow, GlowConfig
+from glowtorch.layers import ActNorm
+
+
+@torch.no_grad()
+def randomize(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Adds noise to every parameter and marks ActNorms initialized, so no layer is the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in module.parameters():
+        noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+        parameter.add_(scale * noise.to(parameter.dtype))
+    for sub in module.modules():
+        if isinstance(sub, ActNorm):
+            sub.initialized.fill_(True)
+    return module
+
+
+def tiny_config(**overrides) -> GlowConfig:
+    values = dict(image_shape=(2, 4, 4), levels=2, depth=2, hidden_channels=8)
+    values.update(overrides)
+    return GlowConfig(**values)
+
+
+def random_model(seed: int = 0, scale: float = 0.2, **overrides) -> Glow:
+    torch.manual_seed(seed)
+    return randomize(Glow(tiny_config(**overrides)).double(), scale=scale, seed=seed)
+
+
+def images(batch: int, shape=(2, 4, 4), seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, *shape, generator=generator, dtype=dtype) - 0.5
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
