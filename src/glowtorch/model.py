@@ -201,8 +201,11 @@ class Glow(nn.Module):
             if level < len(self.splits):
                 h, _ = self.splits[level](h)
 
-    def _encode(self, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Returns (zs, logdet, log prior density of zs)."""
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
+        """One pass for training: (``zs``, ``logdet`` ``(B,)``, ``log_prior`` ``(B,)``, the latents' prior density).
+
+        ``log_prior + logdet`` is ``log_prob(x)``; ``zs[-1]`` feeds ``classifier_logits``.
+        """
         self._check_input(x)
         y = self._check_labels(y, x.shape[0])
         self._require_initialized()
@@ -225,12 +228,12 @@ class Glow(nn.Module):
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """Data to latents: ``x`` ``(B, C, H, W)`` -> (``zs``, ``logdet`` ``(B,)``), finest latent first."""
-        zs, logdet, _ = self._encode(x, y)
+        zs, logdet, _ = self(x, y)
         return zs, logdet
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """``(B,)`` log-density in nats of continuous ``x``: sum of latent log-priors + logdet."""
-        _, logdet, log_prior = self._encode(x, y)
+        _, logdet, log_prior = self(x, y)
         return log_prior + logdet
 
     def classify(self, x: Tensor) -> Tensor:

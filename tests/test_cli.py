@@ -1,0 +1,145 @@
+"""The command line end to end on tiny data: train, evaluate, sample, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glowtorch.cli import main
+from test_data import make_mnist
+
+TINY = ["--levels", "2", "--depth", "1", "--hidden-channels", "8", "--batch-size", "16", "--init-images", "32",
+        "--eval-every", "3", "--no-progress", "--temperatures", "0,0.7"]  # fmt: skip
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits"
+    assert main(["train", "--dataset", "digits", "--steps", "6", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_everything(trained_run) -> None:
+    lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [3, 6]
+    assert all(0 < m["test_bpd"] < 20 for m in lines)
+    assert sorted(p.name for p in (trained_run / "samples").iterdir()) == ["step_00000003.png", "step_00000006.png"]
+    grid = Image.open(trained_run / "samples" / "step_00000006.png")
+    assert grid.size[1] > grid.size[0] / 10  # two rows of ten 8x8 samples
+    assert sorted(p.name for p in (trained_run / "model").iterdir()) == ["config.json", "model.safetensors"]
+    assert len(list((trained_run / "checkpoints").glob("*.pt"))) == 2
+    assert json.loads((trained_run / "train_config.json").read_text())["steps"] == 6
+
+
+def test_evaluate_matches_training_metric(trained_run, capsys) -> None:
+    code, out, _ = run(capsys, "evaluate", trained_run, "--dataset", "digits", "--no-progress")
+    assert code == 0
+    reported = float(out.split(":")[1].split()[0])
+    last = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert reported == pytest.approx(last["test_bpd"], abs=1e-4)
+    code, out2, _ = run(
+        capsys, "evaluate", trained_run / "model", "--dataset", "digits", "--draws", "2", "--no-progress"
+    )
+    assert code == 0 and "2 draw(s)" in out2
+
+
+def test_sample_writes_png(trained_run, tmp_path, capsys) -> None:
+    out = tmp_path / "grid.png"
+    code, _, _ = run(capsys, "sample", trained_run, "--n", "6", "--columns", "3", "--temperature", "0.5", "-o", out)
+    assert code == 0
+    image = Image.open(out)
+    assert image.size == (3 * 10 + 2, 2 * 10 + 2)
+    assert np.asarray(image).std() > 0
+
+
+def test_resume_continues_exactly(trained_run, tmp_path, capsys) -> None:
+    partial = tmp_path / "partial"
+    straight = tmp_path / "straight"
+    assert main(["train", "--dataset", "digits", "--steps", "9", "--out", str(straight), *TINY]) == 0
+    assert main(["train", "--dataset", "digits", "--steps", "6", "--out", str(partial), *TINY]) == 0
+    assert main(["train", "--dataset", "digits", "--steps", "9", "--out", str(partial), "--resume", *TINY]) == 0
+    a = (straight / "model" / "model.safetensors").read_bytes()
+    b = (partial / "model" / "model.safetensors").read_bytes()
+    assert a == b
+    steps = [json.loads(line)["step"] for line in (partial / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 9]
+
+
+def test_conditional_training_on_synthetic_mnist(tmp_path, capsys) -> None:
+    make_mnist(tmp_path / "mnist", n=40)
+    out = tmp_path / "cond"
+    code, _, _ = run(capsys, "train", "--dataset", "mnist", "--data-dir", tmp_path / "mnist", "--conditional",
+                     "--steps", "3", "--out", out, *TINY)  # fmt: skip
+    assert code == 0
+    assert json.loads((out / "model" / "config.json").read_text())["num_classes"] == 10
+    code, text, _ = run(
+        capsys, "evaluate", out, "--dataset", "mnist", "--data-dir", tmp_path / "mnist", "--no-progress"
+    )
+    assert code == 0 and "accuracy" in text
+    code, _, _ = run(capsys, "sample", out, "--n", "4", "--label", "3", "-o", tmp_path / "s.png")
+    assert code == 0
+    code, _, err = run(capsys, "sample", out, "--n", "4", "--label", "10", "-o", tmp_path / "s.png")
+    assert code == 1 and "--label must be in 0..9" in err
+
+
+def one_line_error(err: str) -> bool:
+    return err.count("\n") == 1 and err.startswith("glowtorch: error:") and "Traceback" not in err
+
+
+def test_bad_input_gives_one_line_errors(trained_run, tmp_path, capsys) -> None:
+    cases = [
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--dataset", "mnist", "--data-dir", tmp_path / "missing"], "does not exist"),
+        (["evaluate", tmp_path / "nothing", "--dataset", "digits"], "not a checkpoint"),
+        (["sample", trained_run, "--label", "1", "-o", tmp_path / "x.png"], "class-conditional"),
+        (["train", "--dataset", "digits", "--out", trained_run, "--steps", "1"], "already holds a training run"),
+        (["train", "--dataset", "digits", "--levels", "4", "--steps", "1", "--out", tmp_path / "r"], "divisible"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 1, argv
+        assert one_line_error(err) and message in err, err
+    make_mnist(tmp_path / "mnist", n=4)
+    code, _, err = run(capsys, "evaluate", trained_run, "--dataset", "mnist", "--data-dir", tmp_path / "mnist")
+    assert code == 1 and "expects (1, 8, 8)" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "sample", trained_run, "-o", blocker / "grid.png")
+    assert code == 1 and "cannot write" in err
+
+
+def test_invalid_flag_values_exit_2(capsys) -> None:
+    for argv in (["train", "--lr", "-1"], ["train", "--batch-size", "0"], ["sample", "x", "--temperature", "-0.5"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error" in err
+
+
+def test_corrupt_checkpoint_refused_and_run_untouched(trained_run, tmp_path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run / "model", copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run(capsys, "sample", copy, "-o", tmp_path / "g.png")
+    assert code == 1 and "corrupt" in err and one_line_error(err)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_python_m_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "glowtorch", "presets"], capture_output=True, text=True, check=True)
+    assert "mnist-cpu" in result.stdout and "cifar10" in result.stdout
