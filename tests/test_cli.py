@@ -40,6 +40,7 @@ def test_train_writes_everything(trained_run) -> None:
     assert sorted(p.name for p in (trained_run / "model").iterdir()) == ["config.json", "model.safetensors"]
     assert len(list((trained_run / "checkpoints").glob("*.pt"))) == 2
     assert json.loads((trained_run / "train_config.json").read_text())["steps"] == 6
+    assert Image.open(trained_run / "bpd.png").size[0] > 500
 
 
 def test_evaluate_matches_training_metric(trained_run, capsys) -> None:

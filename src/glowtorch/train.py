@@ -4,6 +4,7 @@ A run directory holds::
 
     train_config.json            the training options (TrainConfig)
     metrics.jsonl                one JSON line per evaluation
+    bpd.png                      train and test bits/dim against step and wall time
     samples/step_XXXXXXX.png     sample grids, one row per temperature
     model/                       config.json + model.safetensors (EMA weights): the shareable model
     checkpoints/step_XXXXXXX.pt  training state for --resume (loaded with weights_only=True)
@@ -35,6 +36,7 @@ from .data import Dataset, random_flip
 from .images import save_grid
 from .metrics import nll_bits_per_dim
 from .model import Glow, GlowConfig
+from .plots import plot_metrics
 from .preprocess import dequantize, to_uint8
 
 __all__ = ["TrainConfig", "evaluate_bits_per_dim", "sample_grid", "train"]
@@ -375,7 +377,7 @@ def train(
     start_time = time.monotonic() - elapsed_before
     window_images, window_start, running_bpd = 0, time.monotonic(), None
 
-    def checkpoint_and_evaluate(final: bool = False) -> dict:
+    def checkpoint_and_evaluate() -> dict:
         nonlocal last_metrics
         metrics = {
             "step": step,
@@ -410,6 +412,7 @@ def train(
         save_training_state(run_dir, state, step, config.keep_checkpoints)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        plot_metrics(metrics_path, run_dir / "bpd.png")
         last_metrics = metrics
         log(json.dumps(metrics))
         return metrics
@@ -475,5 +478,5 @@ def train(
                 checkpoint_and_evaluate()
         bar.close()
         if not last_metrics or last_metrics["step"] != step:
-            checkpoint_and_evaluate(final=True)
+            checkpoint_and_evaluate()
     return last_metrics

@@ -1,0 +1,48 @@
+"""Plots of a run's ``metrics.jsonl``: train and test bits/dim against step and wall time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["plot_metrics", "read_metrics"]
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The JSON lines of ``metrics.jsonl`` (a torn last line, from a crash mid-write, is ignored)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
+    """Writes a PNG with bits/dim against step (left) and wall-clock minutes (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_write
+
+    rows = read_metrics(metrics_path)
+    if not rows:
+        raise ValueError(f"{metrics_path} holds no metrics yet")
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for axis, key, label in ((axes[0], "step", "step"), (axes[1], "elapsed_s", "wall time (minutes)")):
+        scale = 60.0 if key == "elapsed_s" else 1.0
+        for metric, style in (("train_bpd", "-"), ("test_bpd", "o-")):
+            points = [(r[key] / scale, r[metric]) for r in rows if r.get(metric) is not None and key in r]
+            if points:
+                axis.plot(*zip(*points, strict=True), style, label=metric.replace("_", " "), markersize=3)
+        axis.set_xlabel(label)
+        axis.set_ylabel("bits/dim")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    output = Path(output)
+    atomic_write(output, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return output
