@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -68,6 +69,16 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not values or any(not v >= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}")
+    return values
+
+
+def signed_float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v != v or abs(v) == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
     return values
 
 
@@ -205,6 +216,201 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _labels(model, label: int | None, n: int) -> torch.Tensor | None:
+    """Labels for a class-conditional model: ``label`` for all n, else cycling through the classes."""
+    if model.config.num_classes == 0:
+        if label is not None:
+            raise UsageError("--label needs a class-conditional model (trained with --conditional)")
+        return None
+    if label is not None and not 0 <= label < model.config.num_classes:
+        raise UsageError(f"--label must be in 0..{model.config.num_classes - 1}, got {label}")
+    return torch.full((n,), label) if label is not None else torch.arange(n) % model.config.num_classes
+
+
+def _output(path: str) -> Path:
+    output = Path(path)
+    ensure_writable_dir(output.parent)
+    return output
+
+
+def _check_fingerprint(model, metadata: dict, path: str, kind: str) -> None:
+    from .latent import model_fingerprint
+
+    if metadata.get("glowtorch") != kind:
+        raise UsageError(f"{path} is not a glowtorch {kind} file")
+    if metadata.get("model_fingerprint") != model_fingerprint(model):
+        raise UsageError(f"{path} was made with another model; recompute it with this checkpoint")
+
+
+def cmd_encode(args) -> int:
+    from .data import read_image_files
+    from .latent import encode_images, model_fingerprint, save_latents
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model = load_model(checkpoint, device=args.device)
+    images = read_image_files(args.images, model.config.image_shape)
+    y = _labels(model, args.label, len(images))
+    zs = encode_images(model, images, y)
+    tensors = {f"z{i}": z for i, z in enumerate(zs)}
+    if y is not None:
+        tensors["y"] = y
+    metadata = {
+        "glowtorch": "latents",
+        "checkpoint": str(checkpoint.resolve()),
+        "model_fingerprint": model_fingerprint(model),
+        "files": json.dumps([Path(p).stem for p in args.images]),
+    }
+    save_latents(_output(args.output), tensors, metadata)
+    print(f"wrote latents of {len(images)} image(s), {len(zs)} levels, to {args.output}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .images import save_grid
+    from .latent import decode_images, load_latents
+
+    tensors, metadata = load_latents(args.latents)
+    checkpoint = args.checkpoint or metadata.get("checkpoint")
+    if not checkpoint:
+        raise UsageError(f"{args.latents} names no checkpoint; pass --checkpoint")
+    model = load_model(resolve_checkpoint(checkpoint), device=args.device)
+    _check_fingerprint(model, metadata, args.latents, "latents")
+    zs = [tensors[f"z{i}"] for i in range(sum(k.startswith("z") for k in tensors))]
+    images = decode_images(model, zs, tensors.get("y"))
+    names = json.loads(metadata.get("files", "[]")) or [f"image_{i:04d}" for i in range(len(images))]
+    out = ensure_writable_dir(Path(args.output))
+    for name, image in zip(names, images, strict=True):
+        save_grid(image.unsqueeze(0), out / f"{name}.png", columns=1, padding=0)
+    print(f"wrote {len(images)} image(s) to {out}")
+    return 0
+
+
+def cmd_temperatures(args) -> int:
+    from .images import save_grid
+    from .latent import temperature_grid
+
+    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    output = _output(args.output)
+    grid = temperature_grid(model, args.temperatures, args.n, args.seed, y=_labels(model, args.label, args.n))
+    save_grid(grid, output, columns=args.n, scale=args.scale)
+    print(f"wrote {len(args.temperatures)} rows (temperatures {args.temperatures}) of {args.n} samples to {output}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .data import read_image_files
+    from .images import save_gif, save_grid
+    from .latent import interpolate
+
+    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    images = read_image_files([args.image_a, args.image_b], model.config.image_shape)
+    output = _output(args.output)
+    y = _labels(model, args.label, 1)
+    frames = interpolate(model, images[0], images[1], args.steps, args.method, y)
+    save_grid(frames, output, columns=args.steps, scale=args.scale)
+    if args.gif:
+        save_gif(frames, _output(args.gif), scale=args.scale)
+    print(
+        f"wrote a {args.steps}-step {args.method} interpolation to {output}" + (f" and {args.gif}" if args.gif else "")
+    )
+    return 0
+
+
+def cmd_directions(args) -> int:
+    from .latent import attribute_directions, model_fingerprint, save_latents
+
+    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    data = dataset_for(model.config, args, train=True)
+    names, table = data.attribute_table()
+    if args.limit:
+        data.images, table = data.images[: args.limit], table[: args.limit]
+    keep = [i for i in range(len(names)) if 0 < int(table[:, i].sum()) < len(table)]
+    if not keep:
+        raise UsageError("no attribute has both images with it and images without it")
+    directions = attribute_directions(model, data.images, table[:, keep])
+    metadata = {
+        "glowtorch": "directions",
+        "model_fingerprint": model_fingerprint(model),
+        "attributes": json.dumps([names[i] for i in keep]),
+        "dataset": args.dataset,
+    }
+    save_latents(_output(args.output), {f"z{i}": d for i, d in enumerate(directions)}, metadata)
+    print(f"wrote {len(keep)} attribute directions ({', '.join(names[i] for i in keep[:8])}...) to {args.output}")
+    return 0
+
+
+def cmd_manipulate(args) -> int:
+    from .data import read_image_files
+    from .images import save_grid
+    from .latent import load_latents, manipulate
+
+    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    tensors, metadata = load_latents(args.direction)
+    _check_fingerprint(model, metadata, args.direction, "directions")
+    attributes = json.loads(metadata["attributes"])
+    if args.attribute not in attributes:
+        raise UsageError(f"unknown attribute {args.attribute!r}; {args.direction} has: {', '.join(attributes)}")
+    index = attributes.index(args.attribute)
+    direction = [tensors[f"z{i}"][index] for i in range(sum(k.startswith("z") for k in tensors))]
+    image = read_image_files([args.image], model.config.image_shape)[0]
+    output = _output(args.output)
+    frames = manipulate(model, image, direction, args.scales, _labels(model, args.label, 1))
+    save_grid(frames, output, columns=len(args.scales), scale=args.scale)
+    print(f"wrote {args.attribute} at scales {args.scales} to {output}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import csv
+
+    from .latent import score_images
+    from .plots import plot_score_histogram
+
+    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    scores = {}
+    for spec in args.dataset:
+        name, _, data_dir = spec.partition("=")
+        if name not in DATASETS:
+            raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        data = dataset_for(model.config, argparse.Namespace(dataset=name, data_dir=data_dir or None), train=False)
+        if args.limit:
+            data.images = data.images[: args.limit]
+        y = data.labels[: len(data.images)] if model.config.num_classes and data.labels is not None else None
+        if model.config.num_classes and y is None:
+            raise UsageError(f"the model is class-conditional and {name} has no labels")
+        scores[spec] = score_images(model, data.images, y)
+    csv_path = _output(args.output)
+    rows = [(spec, i, f"{v:.6f}") for spec, values in scores.items() for i, v in enumerate(values.tolist())]
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["dataset", "index", "bits_per_dim"])
+            writer.writerows(rows)
+
+    from .checkpoint import atomic_write
+
+    atomic_write(csv_path, write_csv)
+    histogram = Path(args.histogram) if args.histogram else csv_path.with_suffix(".png")
+    plot_score_histogram(scores, _output(str(histogram)))
+    for spec, values in scores.items():
+        print(f"{spec}: {len(values)} images, mean {values.mean():.4f} bits/dim, median {values.median():.4f}")
+    print(f"wrote {csv_path} and {histogram}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_metrics
+
+    metrics = Path(args.run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UsageError(f"{metrics} not found: pass a run directory written by glowtorch train")
+    output = _output(args.output or str(Path(args.run_dir) / "bpd.png"))
+    plot_metrics(metrics, output)
+    print(f"wrote {output}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in preset_names():
         preset = load_preset(name)
@@ -278,12 +484,108 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
 
+    en = sub.add_parser("encode", help="images to latents (exact; no dequantization noise)")
+    en.add_argument("checkpoint")
+    en.add_argument("images", nargs="+", help="image files of the model's size and channel count")
+    en.add_argument("--label", type=int, help="class of the images (class-conditional models)")
+    en.add_argument("--output", "-o", default="latents.safetensors")
+    en.add_argument("--device", default="cpu")
+    en.set_defaults(func=cmd_encode)
+
+    de = sub.add_parser("decode", help="latents to images (one PNG per image)")
+    de.add_argument("latents", help="a file written by glowtorch encode")
+    de.add_argument("--checkpoint", help="default: the checkpoint the latents were encoded with")
+    de.add_argument("--output", "-o", default="decoded")
+    de.add_argument("--device", default="cpu")
+    de.set_defaults(func=cmd_decode)
+
+    te = sub.add_parser("temperatures", help="a grid of samples, one row per temperature")
+    te.add_argument("checkpoint")
+    te.add_argument("--temperatures", type=float_list, default=[0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0])
+    te.add_argument("--n", type=positive_int, default=8, help="samples per row")
+    te.add_argument("--label", type=int)
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--scale", type=positive_int, default=1)
+    te.add_argument("--output", "-o", default="temperatures.png")
+    te.add_argument("--device", default="cpu")
+    te.set_defaults(func=cmd_temperatures)
+
+    ip = sub.add_parser("interpolate", help="interpolate two images in latent space (PNG strip, GIF)")
+    ip.add_argument("checkpoint")
+    ip.add_argument("image_a")
+    ip.add_argument("image_b")
+    ip.add_argument("--steps", type=positive_int, default=8)
+    ip.add_argument("--method", choices=["linear", "slerp"], default="linear")
+    ip.add_argument("--label", type=int)
+    ip.add_argument("--scale", type=positive_int, default=1)
+    ip.add_argument("--output", "-o", default="interpolation.png")
+    ip.add_argument("--gif", help="also write an animated GIF here")
+    ip.add_argument("--device", default="cpu")
+    ip.set_defaults(func=cmd_interpolate)
+
+    di = sub.add_parser("directions", help="attribute directions from a labeled dataset")
+    di.add_argument("checkpoint")
+    di.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    di.add_argument("--data-dir")
+    di.add_argument("--limit", type=positive_int, help="use only the first N training images")
+    di.add_argument("--output", "-o", default="directions.safetensors")
+    di.add_argument("--device", default="cpu")
+    di.set_defaults(func=cmd_directions)
+
+    ma = sub.add_parser("manipulate", help="move an image along an attribute direction")
+    ma.add_argument("checkpoint")
+    ma.add_argument("image")
+    ma.add_argument("--direction", required=True, help="a file written by glowtorch directions")
+    ma.add_argument("--attribute", required=True, help="e.g. Smiling (CelebA) or 3 (a class name)")
+    ma.add_argument("--scales", type=signed_float_list, default=[-1.0, -0.5, 0.0, 0.5, 1.0])
+    ma.add_argument("--label", type=int)
+    ma.add_argument("--scale", type=positive_int, default=1, help="pixel size in the PNG")
+    ma.add_argument("--output", "-o", default="manipulation.png")
+    ma.add_argument("--device", default="cpu")
+    ma.set_defaults(func=cmd_manipulate)
+
+    sc = sub.add_parser("score", help="per-image bits/dim of test sets (CSV + histogram), e.g. for OOD")
+    sc.add_argument("checkpoint")
+    sc.add_argument("--dataset", action="append", required=True, metavar="NAME[=DIR]",
+                    help="a dataset's test split, optionally with its folder; repeat to compare")  # fmt: skip
+    sc.add_argument("--limit", type=positive_int, help="score only the first N images of each")
+    sc.add_argument("--output", "-o", default="scores.csv")
+    sc.add_argument("--histogram", help="default: the CSV path with .png")
+    sc.add_argument("--device", default="cpu")
+    sc.set_defaults(func=cmd_score)
+
+    pl = sub.add_parser("plot", help="plot a run's train and test bits/dim")
+    pl.add_argument("run_dir")
+    pl.add_argument("--output", "-o", help="default: RUN_DIR/bpd.png")
+    pl.set_defaults(func=cmd_plot)
+
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)
     return parser
 
 
+NUMBER_LIST = re.compile(r"^-?[\d.]+(e-?\d+)?(,\s*-?[\d.]+(e-?\d+)?)*$")
+
+
+def _join_negative_lists(argv: list[str]) -> list[str]:
+    """``--scales -1,0,1`` -> ``--scales=-1,0,1``: argparse would read "-1,0,1" as an option."""
+    out: list[str] = []
+    for token in argv:
+        if (
+            out
+            and out[-1].startswith("--")
+            and "=" not in out[-1]
+            and token.startswith("-")
+            and NUMBER_LIST.match(token)
+        ):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_lists(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

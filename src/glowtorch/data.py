@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "random_flip", "resize_images"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "Dataset",
+    "load_dataset",
+    "random_flip",
+    "read_image_files",
+    "resize_images",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -35,11 +43,14 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """``images``: ``(N, C, H, W)`` uint8; ``labels``: ``(N,)`` int64 or None; ``class_names`` for labels."""
+    """``images``: ``(N, C, H, W)`` uint8; ``labels``: ``(N,)`` int64 or None; ``class_names`` for labels;
+    ``attributes``: ``(N, A)`` bool with ``attribute_names`` (CelebA) or None."""
 
     images: Tensor
     labels: Tensor | None = None
     class_names: list[str] | None = None
+    attributes: Tensor | None = None
+    attribute_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -57,6 +68,15 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
+
+    def attribute_table(self) -> tuple[list[str], Tensor]:
+        """(names, ``(N, A)`` bool): CelebA's attributes, or one attribute per class ("is class c")."""
+        if self.attributes is not None:
+            return list(self.attribute_names), self.attributes
+        if self.labels is None:
+            raise DataError("this dataset has neither labels nor attributes to compute directions from")
+        names = self.class_names or [str(i) for i in range(self.num_classes)]
+        return names, self.labels[:, None] == torch.arange(len(names))[None, :]
 
     @property
     def num_classes(self) -> int:
@@ -279,6 +299,32 @@ def _read_images(paths: list[Path], channels: int, size: int | None, what: str) 
     return images, kept
 
 
+def read_image_files(paths: list[str | Path], image_shape: tuple[int, int, int]) -> Tensor:
+    """Image files -> ``(N, C, H, W)`` uint8 for a model of ``image_shape``; a file of another size,
+    a colour image for a grayscale model (or the reverse), or an unreadable file is refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = image_shape
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                is_gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+                if is_gray != (channels == 1):
+                    kind = "grayscale" if is_gray else "colour"
+                    raise DataError(f"{path} is a {kind} image but the model expects {channels} channel(s)")
+                if image.size != (width, height):
+                    raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but the model expects {width}x{height}")
+                array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"{path} is not a readable image ({error})") from None
+        tensor = torch.from_numpy(array.copy())
+        images.append(tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1))
+    if not images:
+        raise DataError("no images given")
+    return torch.stack(images)
+
+
 def load_image_folder(data_dir: Path | None, train: bool, channels: int = 3, size: int | None = None) -> Dataset:
     """Any folder of images. Sub-folders are classes (sorted names); ``train/`` and ``test/`` sub-folders,
     if present, are the splits, otherwise every 10th image (sorted paths) is held out for testing.
@@ -335,8 +381,8 @@ def read_celeba_attributes(path: Path) -> tuple[list[str], list[str], Tensor]:
 
 def load_celeba(data_dir: Path | None, train: bool, size: int = 64, limit: int | None = None) -> Dataset:
     """CelebA: ``img_align_celeba/`` + ``list_attr_celeba.txt``, center-cropped and resized to ``size``.
-    The first 90% of images (file order) are the training split. Labels are none; attributes are
-    available through ``read_celeba_attributes``."""
+    The first 90% of images (file order) are the training split. The 40 binary attributes are
+    ``attributes`` / ``attribute_names``; there are no class labels."""
     directory = Path(data_dir) if data_dir else default_cache_dir() / "celeba"
     attr_path, image_dir = directory / CELEBA_ATTRIBUTES_FILE, directory / "img_align_celeba"
     if not attr_path.is_file() or not image_dir.is_dir():
@@ -344,15 +390,16 @@ def load_celeba(data_dir: Path | None, train: bool, size: int = 64, limit: int |
             f"CelebA needs {image_dir}/ and {attr_path} (download them from the CelebA site, "
             "mmlab.ie.cuhk.edu.hk/projects/CelebA.html); pass --data-dir to their folder"
         )
-    files, _, _ = read_celeba_attributes(attr_path)
+    files, names, values = read_celeba_attributes(attr_path)
     cut = int(0.9 * len(files))
-    files = files[:cut] if train else files[cut:]
+    part = slice(0, cut) if train else slice(cut, None)
+    files, values = files[part], values[part]
     if limit:
-        files = files[:limit]
+        files, values = files[:limit], values[:limit]
     images, _ = _read_images([image_dir / f for f in files], 3, size, "CelebA")
     if len(images) != len(files):
         raise DataError(f"{len(files) - len(images)} CelebA images listed in {attr_path} are missing or unreadable")
-    return Dataset(torch.stack(images))
+    return Dataset(torch.stack(images), attributes=values, attribute_names=names)
 
 
 Loader = Callable[..., Dataset]

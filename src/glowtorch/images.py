@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["make_grid", "save_grid"]
+__all__ = ["make_grid", "save_gif", "save_grid"]
 
 
 def make_grid(images: Tensor, columns: int | None = None, padding: int = 2) -> np.ndarray:
@@ -28,15 +28,38 @@ def make_grid(images: Tensor, columns: int | None = None, padding: int = 2) -> n
     return grid[:, :, 0] if channels == 1 else grid
 
 
-def save_grid(images: Tensor, path: str | Path, columns: int | None = None, scale: int = 1) -> Path:
-    """Writes ``images`` ``(N, C, H, W)`` uint8 as a PNG grid, each pixel ``scale`` x ``scale``."""
+def save_grid(images: Tensor, path: str | Path, columns: int | None = None, scale: int = 1, padding: int = 2) -> Path:
+    """Writes ``images`` ``(N, C, H, W)`` uint8 as a PNG grid, each pixel ``scale`` x ``scale``;
+    one image with ``padding=0`` is written as is."""
     from PIL import Image
 
     from .checkpoint import atomic_write
 
-    grid = make_grid(images, columns)
+    grid = make_grid(images, columns, padding)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)
     atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    return path
+
+
+def save_gif(frames: Tensor, path: str | Path, duration_ms: int = 120, scale: int = 1, bounce: bool = True) -> Path:
+    """Writes frames ``(N, C, H, W)`` uint8 as a looping animated GIF (played forth and back with ``bounce``)."""
+    from PIL import Image
+
+    from .checkpoint import atomic_write
+
+    arrays = [make_grid(frame.unsqueeze(0), 1, padding=0) for frame in frames]
+    if scale > 1:
+        arrays = [a.repeat(scale, axis=0).repeat(scale, axis=1) for a in arrays]
+    if bounce and len(arrays) > 2:
+        arrays = arrays + arrays[-2:0:-1]
+    pictures = [Image.fromarray(a) for a in arrays]
+    path = Path(path)
+    atomic_write(
+        path,
+        lambda tmp: pictures[0].save(
+            tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0
+        ),
+    )
     return path

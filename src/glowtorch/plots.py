@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["plot_metrics", "read_metrics"]
+__all__ = ["plot_metrics", "plot_score_histogram", "read_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -42,6 +42,31 @@ def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
         axis.set_ylabel("bits/dim")
         axis.grid(alpha=0.3)
         axis.legend()
+    output = Path(output)
+    atomic_write(output, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return output
+
+
+def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60) -> Path:
+    """Overlaid histograms of per-image bits/dim, one per dataset (``{name: (N,) tensor}``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .checkpoint import atomic_write
+
+    values = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    edges = np.linspace(finite.min(), finite.max(), bins + 1) if finite.size else bins
+    figure, axis = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
+    for name, v in values.items():
+        axis.hist(v[np.isfinite(v)], bins=edges, alpha=0.5, density=True, label=f"{name} (n={len(v)})")
+    axis.set_xlabel("bits/dim")
+    axis.set_ylabel("density")
+    axis.legend()
     output = Path(output)
     atomic_write(output, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)

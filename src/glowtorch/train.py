@@ -22,7 +22,6 @@ import math
 import random
 import signal
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +33,13 @@ from torch import Tensor
 from .checkpoint import CheckpointError, atomic_write, save_model
 from .data import Dataset, random_flip
 from .images import save_grid
+from .latent import temperature_grid
 from .metrics import nll_bits_per_dim
 from .model import Glow, GlowConfig
 from .plots import plot_metrics
-from .preprocess import dequantize, to_uint8
+from .preprocess import dequantize
 
-__all__ = ["TrainConfig", "evaluate_bits_per_dim", "sample_grid", "train"]
+__all__ = ["TrainConfig", "evaluate_bits_per_dim", "train"]
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -193,23 +193,6 @@ def evaluate_bits_per_dim(
     if conditional:
         result["test_accuracy"] = correct / len(dataset)
     return result
-
-
-@torch.no_grad()
-def sample_grid(
-    model: Glow,
-    temperatures: Sequence[float],
-    per_row: int,
-    seed: int = 0,
-    y: Tensor | None = None,
-) -> Tensor:
-    """uint8 samples ``(len(temperatures) * per_row, C, H, W)``, one row per temperature, same noise per row."""
-    model.eval()
-    rows = []
-    for temperature in temperatures:
-        x = model.sample(per_row, temperature, y=y, generator=torch.Generator().manual_seed(seed))
-        rows.append(to_uint8(torch.nan_to_num(x, nan=0.0).clamp(-0.5, 0.5), model.config.n_bits))
-    return torch.cat(rows)
 
 
 def _class_row(model: Glow, per_row: int) -> Tensor | None:
@@ -376,23 +359,26 @@ def train(
     consecutive_bad = 0
     start_time = time.monotonic() - elapsed_before
     window_images, window_start, running_bpd = 0, time.monotonic(), None
+    interval = {"images": 0, "start": time.monotonic()}  # training throughput between evaluations
 
     def checkpoint_and_evaluate() -> dict:
         nonlocal last_metrics
+        train_seconds = time.monotonic() - interval["start"]
         metrics = {
             "step": step,
             "epoch": step / steps_per_epoch,
             "elapsed_s": round(time.monotonic() - start_time, 2),
             "train_bpd": running_bpd,
+            "train_images_per_s": round(interval["images"] / max(train_seconds, 1e-9), 2),
             "bad_steps": bad_steps_total,
         }
         if test_data is not None:
             metrics.update(evaluate_bits_per_dim(ema, test_data, config.eval_batch_size, config.eval_draws))
-        grid = sample_grid(
+        grid = temperature_grid(
             ema,
             config.temperatures,
             config.samples_per_row,
-            seed=config.seed,
+            generator_seed=config.seed,
             y=_class_row(ema, config.samples_per_row),
         )
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -415,6 +401,7 @@ def train(
         plot_metrics(metrics_path, run_dir / "bpd.png")
         last_metrics = metrics
         log(json.dumps(metrics))
+        interval.update(images=0, start=time.monotonic())
         return metrics
 
     bar = tqdm(total=max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -466,6 +453,7 @@ def train(
                     )
             step += 1
             window_images += len(batch)
+            interval["images"] += len(batch)
             bar.update(1)
             now = time.monotonic()
             if now - window_start > 2.0:

@@ -1,0 +1,91 @@
+"""Training throughput of a preset (default mnist-cpu), and the share of it spent outside the model.
+
+Runs the same model twice: a bare loop (forward + backward + optimizer step on ready-made batches)
+and glowtorch's real training loop (data indexing, dequantization, EMA, logging, progress bar), and
+prints images/s of both and the real loop's share of time spent outside the model.
+
+    python benchmarks/bench_train.py --data-dir ../shared/data/mnist --steps 200
+
+Without --data-dir it uses random uint8 images of the preset's shape (same cost per step).
+Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from glowtorch import Glow, GlowConfig, dequantize
+from glowtorch.cli import load_preset
+from glowtorch.data import Dataset, load_dataset
+from glowtorch.train import TrainConfig, model_loss, train
+
+
+def bare_loop(
+    model_config: GlowConfig, train_config: TrainConfig, images: torch.Tensor, warmup: int, steps: int
+) -> float:
+    torch.manual_seed(0)
+    model = Glow(model_config)
+    model.initialize(dequantize(images[: train_config.init_images], model_config.n_bits))
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
+    batch = train_config.batch_size
+    batches = [dequantize(images[i * batch : (i + 1) * batch], model_config.n_bits) for i in range(8)]
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        loss, _ = model_loss(model, batches[step % 8], None, model_config, 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def full_loop(model_config: GlowConfig, train_config: TrainConfig, data: Dataset, warmup: int, steps: int) -> float:
+    overrides = {"steps": warmup + steps, "eval_every": warmup, "max_minutes": None, "epochs": None}
+    config = TrainConfig(**{**train_config.to_dict(), **overrides})
+    with tempfile.TemporaryDirectory() as run_dir:
+        train(model_config, config, data, None, run_dir, progress=True, log=lambda line: None)
+        lines = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
+    return lines[-1]["train_images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mnist-cpu")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    preset = load_preset(args.preset)
+    if args.data_dir:
+        data = load_dataset(preset["dataset"], args.data_dir, train=True)
+    else:
+        shape = (
+            load_dataset(preset["dataset"], None, train=True).image_shape
+            if preset["dataset"] == "digits"
+            else (1, 28, 28)
+        )
+        data = Dataset(torch.randint(0, 256, (20000, *shape), dtype=torch.uint8))
+    model_config = GlowConfig(image_shape=data.image_shape, **preset["model"])
+    train_config = TrainConfig(**preset["train"])
+    print(
+        f"preset {args.preset}: image {data.image_shape}, L={model_config.levels} K={model_config.depth} "
+        f"width={model_config.hidden_channels}, batch {train_config.batch_size}, {torch.get_num_threads()} threads"
+    )
+    bare = bare_loop(model_config, train_config, data.images, args.warmup, args.steps)
+    full = full_loop(model_config, train_config, data, args.warmup, args.steps)
+    bare_again = bare_loop(model_config, train_config, data.images, args.warmup, args.steps)
+    model_only = (bare + bare_again) / 2
+    print(f"model only (forward+backward+step): {bare:.1f} and {bare_again:.1f} images/s (mean {model_only:.1f})")
+    print(f"glowtorch training loop:            {full:.1f} images/s")
+    print(f"share of time outside the model:    {100 * (1 - full / model_only):.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Latent-space tools: exact encode/decode of pixels, temperature grids, interpolation, attribute
+directions and manipulation, per-image likelihood scores.
+
+Each function takes a model, tensors and (where random) a ``torch.Generator``; images go in and come
+out as ``(B, C, H, W)`` uint8. Latents are lists with one tensor per level, finest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import atomic_write
+from .metrics import nll_bits_per_dim
+from .model import Glow
+from .preprocess import dequantize, to_uint8
+
+__all__ = [
+    "attribute_directions",
+    "decode_images",
+    "encode_images",
+    "interpolate",
+    "load_latents",
+    "manipulate",
+    "model_fingerprint",
+    "save_latents",
+    "score_images",
+    "slerp",
+    "temperature_grid",
+]
+
+
+def _check_images(model: Glow, images: Tensor) -> None:
+    expected = model.config.image_shape
+    if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images are {tuple(images.shape[1:])} (C, H, W) but the model expects {expected}")
+
+
+def _model_input(model: Glow, images: Tensor, generator: torch.Generator | None = None, noise: bool = False) -> Tensor:
+    _check_images(model, images)
+    ref = model.top_prior
+    x = dequantize(images, model.config.n_bits, noise=noise, generator=generator)
+    return x.to(device=ref.device, dtype=ref.dtype)
+
+
+def _to_images(model: Glow, x: Tensor) -> Tensor:
+    return to_uint8(torch.nan_to_num(x, nan=0.0).clamp(-0.5, 0.5), model.config.n_bits).cpu()
+
+
+@torch.inference_mode()
+def encode_images(model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256) -> list[Tensor]:
+    """uint8 images -> latents. No dequantization noise: each pixel is placed at the centre of its bin,
+    so ``decode_images`` of the result gives the same pixels back (after n_bits reduction)."""
+    model.eval()
+    parts = []
+    for start in range(0, len(images), batch_size):
+        labels = None if y is None else y[start : start + batch_size]
+        parts.append(model.encode(_model_input(model, images[start : start + batch_size]), labels)[0])
+    return [torch.cat(level) for level in zip(*parts, strict=True)]
+
+
+@torch.inference_mode()
+def decode_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
+    """Latents -> uint8 images ``(B, C, H, W)``."""
+    model.eval()
+    ref = model.top_prior
+    return _to_images(model, model.decode([z.to(device=ref.device, dtype=ref.dtype) for z in zs], y))
+
+
+@torch.inference_mode()
+def temperature_grid(
+    model: Glow,
+    temperatures: Sequence[float],
+    per_row: int,
+    generator_seed: int = 0,
+    y: Tensor | None = None,
+) -> Tensor:
+    """``(len(temperatures) * per_row, C, H, W)`` uint8 samples: one row per temperature, the same noise in
+    every row, so rows show the effect of temperature alone (the paper's temperature figure)."""
+    model.eval()
+    rows = []
+    for temperature in temperatures:
+        generator = torch.Generator(device=model.top_prior.device).manual_seed(generator_seed)
+        rows.append(_to_images(model, model.sample(per_row, temperature, y=y, generator=generator)))
+    return torch.cat(rows)
+
+
+def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
+    """Spherical interpolation of each row of ``a`` and ``b`` ``(B, ...)``; linear where they are parallel."""
+    a_flat, b_flat = a.flatten(1), b.flatten(1)
+    cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1)).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, torch.full_like(sin, 1 - t), torch.sin((1 - t) * omega) / safe)
+    wb = torch.where(parallel, torch.full_like(sin, t), torch.sin(t * omega) / safe)
+    shape = (-1,) + (1,) * (a.dim() - 1)
+    return wa.view(shape) * a + wb.view(shape) * b
+
+
+@torch.inference_mode()
+def interpolate(
+    model: Glow,
+    image_a: Tensor,
+    image_b: Tensor,
+    steps: int = 8,
+    method: str = "linear",
+    y: Tensor | None = None,
+) -> Tensor:
+    """``steps`` uint8 images ``(steps, C, H, W)`` from ``image_a`` to ``image_b`` (each ``(C, H, W)``),
+    interpolating every level's latent linearly or spherically ("slerp"). The ends are the inputs."""
+    if method not in ("linear", "slerp"):
+        raise ValueError(f"method must be linear or slerp, got {method!r}")
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    za = encode_images(model, image_a.unsqueeze(0), y)
+    zb = encode_images(model, image_b.unsqueeze(0), y)
+    ts = torch.linspace(0, 1, steps).tolist()
+    mix = (lambda a, b, t: torch.lerp(a, b, t)) if method == "linear" else slerp
+    zs = [torch.cat([mix(a, b, t) for t in ts]) for a, b in zip(za, zb, strict=True)]
+    return decode_images(model, zs, None if y is None else y.expand(steps))
+
+
+@torch.inference_mode()
+def attribute_directions(model: Glow, images: Tensor, attributes: Tensor, batch_size: int = 256) -> list[Tensor]:
+    """One direction per attribute and level: mean latent of images with the attribute minus the mean
+    latent of those without it (the paper's manipulation vectors).
+
+    Args:
+        images: ``(N, C, H, W)`` uint8.
+        attributes: ``(N, A)`` bool, which image has which attribute.
+
+    Returns:
+        A list over levels of ``(A, *latent_shape)`` tensors.
+    """
+    if attributes.dim() != 2 or len(attributes) != len(images):
+        raise ValueError(f"attributes must be (N, A) for {len(images)} images, got {tuple(attributes.shape)}")
+    sums_with: list[Tensor] | None = None
+    sums_all: list[Tensor] | None = None
+    attributes = attributes.to(torch.float64)
+    for start in range(0, len(images), batch_size):
+        zs = encode_images(model, images[start : start + batch_size])
+        mask = attributes[start : start + batch_size]
+        with_part = [torch.einsum("na,n...->a...", mask, z.double().cpu()) for z in zs]
+        all_part = [z.double().cpu().sum(0) for z in zs]
+        sums_with = with_part if sums_with is None else [s + p for s, p in zip(sums_with, with_part, strict=True)]
+        sums_all = all_part if sums_all is None else [s + p for s, p in zip(sums_all, all_part, strict=True)]
+    count_with = attributes.sum(0)
+    count_without = len(images) - count_with
+    if (count_with == 0).any() or (count_without == 0).any():
+        raise ValueError("every attribute needs images with it and images without it")
+    directions = []
+    for s_with, s_all in zip(sums_with, sums_all, strict=True):
+        shape = (-1,) + (1,) * (s_with.dim() - 1)
+        mean_with = s_with / count_with.view(shape)
+        mean_without = (s_all.unsqueeze(0) - s_with) / count_without.view(shape)
+        directions.append((mean_with - mean_without).float())
+    return directions
+
+
+@torch.inference_mode()
+def manipulate(
+    model: Glow, image: Tensor, direction: Sequence[Tensor], scales: Sequence[float], y: Tensor | None = None
+) -> Tensor:
+    """uint8 images ``(len(scales), C, H, W)``: ``decode(encode(image) + scale * direction)`` for each scale.
+    ``direction`` is a list over levels of latent-shaped tensors."""
+    zs = encode_images(model, image.unsqueeze(0), y)
+    if len(direction) != len(zs) or any(d.shape != z.shape[1:] for d, z in zip(direction, zs, strict=False)):
+        raise ValueError("the direction does not match this model's latent shapes")
+    shifted = [torch.cat([z + s * d.to(z) for s in scales]) for z, d in zip(zs, direction, strict=True)]
+    return decode_images(model, shifted, None if y is None else y.expand(len(scales)))
+
+
+@torch.inference_mode()
+def score_images(
+    model: Glow,
+    images: Tensor,
+    y: Tensor | None = None,
+    batch_size: int = 256,
+    seed: int = 1234,
+) -> Tensor:
+    """Per-image bits/dim ``(N,)`` (float64) with fixed-seed dequantization noise: the likelihood score
+    used for out-of-distribution detection."""
+    model.eval()
+    config = model.config
+    scores = []
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(images), batch_size):
+        x = _model_input(model, images[start : start + batch_size], generator, noise=True)
+        labels = None if y is None else y[start : start + batch_size]
+        scores.append(nll_bits_per_dim(model.log_prob(x, labels), config.num_dims, config.n_bits).double().cpu())
+    return torch.cat(scores)
+
+
+# --------------------------------------------------------------------------- files
+def model_fingerprint(model: Glow) -> str:
+    """A short hash of the model's config and weights: ties latent and direction files to their model."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_latents(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> Path:
+    """Writes named tensors with string metadata to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
+    return path
+
+
+def load_latents(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Reads a file written by ``save_latents``: (tensors, metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None

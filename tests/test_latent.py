@@ -1,0 +1,241 @@
+"""Latent-space tools on tiny models and synthetic data: exact round trips, grids, interpolation,
+directions, manipulation, scores; and their subcommands with bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.testing import assert_close
+
+from conftest import randomize, tiny_config
+from glowtorch import Glow, save_model
+from glowtorch.cli import main
+from glowtorch.latent import (
+    attribute_directions,
+    decode_images,
+    encode_images,
+    interpolate,
+    manipulate,
+    model_fingerprint,
+    score_images,
+    slerp,
+    temperature_grid,
+)
+
+
+def pixels(n: int, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def small_model(**overrides) -> Glow:
+    torch.manual_seed(0)
+    config = tiny_config(image_shape=(1, 8, 8), **overrides)
+    model = Glow(config)
+    from glowtorch import dequantize
+
+    model.initialize(dequantize(pixels(64, config.image_shape), config.n_bits))
+    return randomize(model, scale=0.02)
+
+
+@pytest.mark.parametrize("n_bits", [8, 5])
+def test_encode_decode_round_trip_is_exact(n_bits: int) -> None:
+    model = small_model(n_bits=n_bits)
+    images = pixels(10)
+    zs = encode_images(model, images)
+    assert [tuple(z.shape) for z in zs] == [(10, *s) for s in model.latent_shapes]
+    expected = (images // 2 ** (8 - n_bits)) * 2 ** (8 - n_bits)
+    assert torch.equal(decode_images(model, zs), expected)
+
+
+def test_temperature_grid_rows() -> None:
+    model = small_model()
+    grid = temperature_grid(model, [0.0, 0.5, 1.0], per_row=4, generator_seed=1)
+    assert grid.shape == (12, 1, 8, 8) and grid.dtype == torch.uint8
+    mode_row = grid[:4].float()
+    assert (mode_row - mode_row[0]).abs().max() == 0, "temperature 0 gives the mode: identical samples"
+    assert grid[8:].float().std(0).mean() > grid[4:8].float().std(0).mean() * 0.9
+    assert grid[8:].float().std() > 0
+
+
+def test_slerp_properties() -> None:
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    assert_close(slerp(a, b, 0.0), a)
+    assert_close(slerp(a, b, 1.0), b)
+    unit_a, unit_b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    assert_close(slerp(unit_a, unit_b, 0.3).norm(dim=1), torch.ones(3))
+    assert_close(slerp(a, 2 * a, 0.5), 1.5 * a)  # parallel: falls back to linear
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp"])
+def test_interpolation_ends_are_the_inputs(method: str) -> None:
+    model = small_model()
+    images = pixels(2, seed=3)
+    frames = interpolate(model, images[0], images[1], steps=5, method=method)
+    assert frames.shape == (5, 1, 8, 8)
+    assert torch.equal(frames[0], images[0]) and torch.equal(frames[-1], images[1])
+    assert not torch.equal(frames[2], frames[0]) and not torch.equal(frames[2], frames[-1])
+    with pytest.raises(ValueError, match="linear or slerp"):
+        interpolate(model, images[0], images[1], method="cubic")
+
+
+def test_directions_point_the_way_labels_differ() -> None:
+    """Images with the attribute are brighter: the direction, decoded, brightens an image."""
+    model = small_model()
+    dark = pixels(40, seed=1) // 4
+    bright = dark + 150
+    images = torch.cat([dark, bright])
+    attributes = torch.cat([torch.zeros(40), torch.ones(40)]).bool().unsqueeze(1)
+    directions = attribute_directions(model, images, attributes)
+    zs = encode_images(model, images)
+    for direction, z in zip(directions, zs, strict=True):
+        expected = z[40:].double().mean(0) - z[:40].double().mean(0)
+        assert_close(direction[0], expected.float(), atol=1e-4, rtol=1e-4)
+    frames = manipulate(model, dark[0], [d[0] for d in directions], [0.0, 1.0])
+    assert torch.equal(frames[0], dark[0])
+    assert frames[1].float().mean() > frames[0].float().mean() + 50
+    with pytest.raises(ValueError, match="with it and images without"):
+        attribute_directions(model, images, torch.ones(80, 1, dtype=torch.bool))
+
+
+def test_scores_are_per_image_and_separate_datasets() -> None:
+    model = small_model()
+    noise = pixels(20)
+    flat = torch.full((20, 1, 8, 8), 128, dtype=torch.uint8)
+    s_noise, s_flat = score_images(model, noise), score_images(model, flat)
+    assert s_noise.shape == (20,) and s_noise.dtype == torch.float64
+    assert torch.equal(score_images(model, noise), s_noise), "fixed seed: repeatable"
+    assert s_noise.mean() != s_flat.mean()
+    with pytest.raises(ValueError, match="model expects"):
+        score_images(model, pixels(2, (3, 8, 8)))
+
+
+# --------------------------------------------------------------------------- subcommands
+@pytest.fixture
+def checkpoint(tmp_path):
+    return save_model(small_model(), tmp_path / "ckpt")
+
+
+def write_pngs(directory, images: torch.Tensor) -> list[str]:
+    directory.mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = directory / f"img{i}.png"
+        Image.fromarray(image[0].numpy(), "L").save(path)
+        paths.append(str(path))
+    return paths
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_encode_decode_commands_round_trip(checkpoint, tmp_path, capsys) -> None:
+    images = pixels(3, seed=5)
+    paths = write_pngs(tmp_path / "in", images)
+    latents = tmp_path / "z.safetensors"
+    assert run(capsys, "encode", checkpoint, *paths, "-o", latents)[0] == 0
+    assert run(capsys, "decode", latents, "-o", tmp_path / "out")[0] == 0
+    for i in range(3):
+        back = np.asarray(Image.open(tmp_path / "out" / f"img{i}.png"))
+        assert np.array_equal(back, images[i, 0].numpy())
+
+
+def test_grid_commands_write_pngs(checkpoint, tmp_path, capsys) -> None:
+    a, b = write_pngs(tmp_path / "in", pixels(2, seed=7))
+    assert (
+        run(capsys, "temperatures", checkpoint, "--n", "4", "--temperatures", "0,0.5,1", "-o", tmp_path / "t.png")[0]
+        == 0
+    )
+    assert Image.open(tmp_path / "t.png").size == (4 * 10 + 2, 3 * 10 + 2)
+    code, _, _ = run(capsys, "interpolate", checkpoint, a, b, "--steps", "6", "--method", "slerp",
+                     "-o", tmp_path / "i.png", "--gif", tmp_path / "i.gif")  # fmt: skip
+    assert code == 0
+    assert Image.open(tmp_path / "i.png").size == (6 * 10 + 2, 12)
+    gif = Image.open(tmp_path / "i.gif")
+    assert gif.n_frames == 10  # 6 forth + 4 back
+    assert np.asarray(Image.open(tmp_path / "i.png")).std() > 0
+
+
+def test_directions_and_manipulate_commands(tmp_path, capsys) -> None:
+    from test_data import make_mnist
+
+    make_mnist(tmp_path / "mnist", n=30)
+    torch.manual_seed(0)
+    model = Glow(tiny_config(image_shape=(1, 28, 28), depth=1))
+    from glowtorch import dequantize
+
+    model.initialize(dequantize(pixels(32, (1, 28, 28)), 8))
+    ckpt = save_model(model, tmp_path / "m")
+    directions = tmp_path / "d.safetensors"
+    code, out, _ = run(
+        capsys, "directions", ckpt, "--dataset", "mnist", "--data-dir", tmp_path / "mnist", "-o", directions
+    )
+    assert code == 0 and "10 attribute directions" in out
+    image = tmp_path / "x.png"
+    Image.fromarray(pixels(1, (1, 28, 28))[0, 0].numpy(), "L").save(image)
+    code, _, _ = run(capsys, "manipulate", ckpt, image, "--direction", directions, "--attribute", "3",
+                     "--scales", "-1,0,1", "-o", tmp_path / "m.png")  # fmt: skip
+    assert code == 0 and Image.open(tmp_path / "m.png").size == (3 * 30 + 2, 32)
+    code, _, err = run(capsys, "manipulate", ckpt, image, "--direction", directions, "--attribute", "Smiling")
+    assert code == 1 and "unknown attribute 'Smiling'" in err
+    other = save_model(randomize(model, 0.01), tmp_path / "other")
+    code, _, err = run(capsys, "manipulate", other, image, "--direction", directions, "--attribute", "3")
+    assert code == 1 and "another model" in err
+
+
+def test_score_and_plot_commands(tmp_path, capsys) -> None:
+    from test_cli import TINY
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--steps", "3", "--out", str(run_dir), *TINY]) == 0
+    folder = tmp_path / "folder"
+    write_pngs(folder, pixels(12, seed=9))
+    csv_path = tmp_path / "scores.csv"
+    code, out, _ = run(capsys, "score", run_dir, "--dataset", "digits", "--dataset", f"folder={folder}",
+                       "--limit", "50", "-o", csv_path)  # fmt: skip
+    assert code == 0
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "dataset,index,bits_per_dim"
+    assert len(lines) == 1 + 50 + 1  # folder: every 10th image is the test split, so 12 images give 1
+    assert (tmp_path / "scores.png").is_file()
+    assert run(capsys, "plot", run_dir, "-o", tmp_path / "p.png")[0] == 0
+    assert Image.open(tmp_path / "p.png").size[0] > 500
+
+
+def test_latent_command_bad_input(checkpoint, tmp_path, capsys) -> None:
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8), "RGB").save(rgb)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(big)
+    junk = tmp_path / "junk.png"
+    junk.write_text("no image")
+    for path, message in ((rgb, "colour image"), (big, "16x16"), (junk, "not a readable image")):
+        code, _, err = run(capsys, "encode", checkpoint, path, "-o", tmp_path / "z.safetensors")
+        assert code == 1 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "z.safetensors").exists()
+    good = write_pngs(tmp_path / "in", pixels(1))
+    latents = tmp_path / "z.safetensors"
+    assert run(capsys, "encode", checkpoint, *good, "-o", latents)[0] == 0
+    other = save_model(Glow(tiny_config(image_shape=(1, 8, 8), hidden_channels=4)), tmp_path / "other")
+    code, _, err = run(capsys, "decode", latents, "--checkpoint", other, "-o", tmp_path / "dec")
+    assert code == 1 and "another model" in err
+    code, _, err = run(capsys, "temperatures", checkpoint, "--label", "2")
+    assert code == 1 and "class-conditional" in err
+    code, _, err = run(capsys, "score", checkpoint, "--dataset", "nope")
+    assert code == 1 and "unknown dataset" in err
+    assert json.loads((checkpoint / "config.json").read_text())["image_shape"] == [1, 8, 8]
+
+
+def test_fingerprint_changes_with_weights() -> None:
+    model = small_model()
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model.top_prior.add_(1e-3)
+    assert model_fingerprint(model) != before
