@@ -22,7 +22,7 @@ import torch
 from glowtorch import Glow, GlowConfig, dequantize
 from glowtorch.cli import load_preset
 from glowtorch.data import Dataset, load_dataset
-from glowtorch.train import TrainConfig, model_loss, train
+from glowtorch.train import TrainConfig, TrainingObjective, train
 
 
 def bare_loop(
@@ -34,11 +34,12 @@ def bare_loop(
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
     batch = train_config.batch_size
     batches = [dequantize(images[i * batch : (i + 1) * batch], model_config.n_bits) for i in range(8)]
+    objective = TrainingObjective(model)
     start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        loss, _ = model_loss(model, batches[step % 8], None, model_config, 0.0)
+        loss, _ = objective(batches[step % 8])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)

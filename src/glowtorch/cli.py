@@ -130,11 +130,23 @@ TRAIN_FLAGS = (
 
 
 def cmd_train(args) -> int:
+    """Joins torchrun's process group when there is one (one process otherwise) and trains."""
+    from .distributed import init_distributed, shutdown
+
+    dist = init_distributed(args.device)
+    try:
+        return _train(args, dist)
+    finally:
+        shutdown()
+
+
+def _train(args, dist) -> int:
     from .train import TrainConfig, checkpoint_paths, train
 
     preset = load_preset(args.preset) if args.preset else {}
     dataset = args.dataset or preset.get("dataset") or "digits"
     out = Path(args.out or f"runs/{args.preset or dataset}")
+    say = print if dist.is_main else (lambda *a, **k: None)
     ensure_writable_dir(out)
     if not args.resume and checkpoint_paths(out):
         raise UsageError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
@@ -162,15 +174,17 @@ def cmd_train(args) -> int:
     if not any(train_values.get(k) for k in ("epochs", "steps", "max_minutes")):
         train_values["epochs"] = 10
     config = TrainConfig(**train_values)
-    print(
+    say(
         f"training on {dataset}: {len(train_data)} train / {len(test_data)} test images of shape "
         f"{train_data.image_shape}; L={model_config.levels} K={model_config.depth} "
         f"width={model_config.hidden_channels} -> {out}"
     )
+    if dist.enabled:
+        say(f"{dist.world_size} processes, {config.batch_size // dist.world_size} images each per step")
     metrics = train(model_config, config, train_data, test_data, out, resume=args.resume,
-                    progress=not args.no_progress, device=args.device)  # fmt: skip
+                    progress=not args.no_progress, dist=dist, log=say)  # fmt: skip
     if "test_bpd" in metrics:
-        print(f"test bits/dim {metrics['test_bpd']:.4f} after {metrics['step']} steps; samples in {out / 'samples'}")
+        say(f"test bits/dim {metrics['test_bpd']:.4f} after {metrics['step']} steps; samples in {out / 'samples'}")
     return 0
 
 

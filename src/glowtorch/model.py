@@ -147,8 +147,14 @@ class Glow(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"expected float images in [-0.5, 0.5), got dtype {x.dtype}; use glowtorch.dequantize")
-        if not torch.isfinite(x).all():
+        low, high = torch.aminmax(x.detach())
+        if not (torch.isfinite(low) and torch.isfinite(high)):
             raise ValueError("input contains NaN or infinite values")
+        if low < -0.5 or high > 0.5:
+            raise ValueError(
+                f"input values must lie in [-0.5, 0.5], got {low.item():.3g}..{high.item():.3g}; "
+                "convert uint8 images with glowtorch.dequantize"
+            )
 
     def _check_labels(self, y: Tensor | None, batch: int) -> Tensor | None:
         if self.config.num_classes == 0:

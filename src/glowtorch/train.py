@@ -28,18 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, atomic_write, save_model
 from .data import Dataset, random_flip
+from .distributed import Distributed
 from .images import save_grid
 from .latent import temperature_grid
 from .metrics import nll_bits_per_dim
 from .model import Glow, GlowConfig
-from .plots import plot_metrics
+from .plots import plot_metrics, read_metrics
 from .preprocess import dequantize
 
-__all__ = ["TrainConfig", "evaluate_bits_per_dim", "train"]
+__all__ = ["TrainConfig", "Trainer", "TrainingObjective", "evaluate_bits_per_dim", "train"]
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -139,25 +140,32 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_images, generator=step_generator(seed, epoch, stream=1))
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then constant (reference code)."""
-    if config.warmup_steps == 0:
-        return config.lr
-    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+def learning_rate(config: TrainConfig, step: int, scale: float = 1.0) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then constant (reference code), times ``scale``."""
+    warmup = 1.0 if config.warmup_steps == 0 else min(1.0, (step + 1) / config.warmup_steps)
+    return config.lr * warmup * scale
 
 
-def model_loss(
-    model: torch.nn.Module, x: Tensor, y: Tensor | None, config: GlowConfig, weight_y: float
-) -> tuple[Tensor, Tensor]:
-    """(total loss, mean bits/dim): bits/dim of x, plus ``weight_y`` x class cross-entropy in bits when conditional."""
-    zs, logdet, log_prior = model(x, y)
-    bpd = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).mean()
-    loss = bpd
-    if y is not None and weight_y > 0:
-        glow = model.module if hasattr(model, "module") else model
-        logits = glow.classifier_logits(zs[-1])
-        loss = loss + weight_y * F.cross_entropy(logits, y) / math.log(2.0)
-    return loss, bpd
+class TrainingObjective(nn.Module):
+    """The training loss as a module, so DistributedDataParallel sees every parameter used in one forward.
+
+    ``forward(x, y) -> (loss, bits/dim)``: mean bits/dim of ``x`` plus, for class-conditional models,
+    ``weight_y`` times the latent classifier's cross-entropy in bits per image (reference code).
+    """
+
+    def __init__(self, model: Glow, weight_y: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.weight_y = weight_y
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        config = self.model.config
+        zs, logdet, log_prior = self.model(x, y)
+        bpd = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).mean()
+        if y is None:
+            return bpd, bpd
+        logits = self.model.classifier_logits(zs[-1])
+        return bpd + self.weight_y * F.cross_entropy(logits, y) / math.log(2.0), bpd
 
 
 @torch.no_grad()
@@ -168,37 +176,39 @@ def evaluate_bits_per_dim(
     draws: int = 1,
     seed: int = 1234,
     progress: bool = False,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
     """Test bits/dim over the whole dataset: per-image values summed in float64 and divided by N
     (not a mean of batch means), averaged over ``draws`` fixed-seed dequantization draws.
-    Conditional models are scored with the true labels and also report the classifier's accuracy."""
+
+    With ``dist``, process r scores batches r, r + W, ... of the same batching and the sums are
+    all-reduced: no image is padded, duplicated or missed, and the result equals one process's.
+    Conditional models are scored with the true labels and also report the classifier's accuracy.
+    """
     from tqdm import tqdm
 
+    dist = dist or Distributed()
     model.eval()
     config = model.config
     device = model.top_prior.device
     conditional = config.num_classes > 0 and dataset.labels is not None
-    total, correct = 0.0, 0
     batches = [(d, s) for d in range(draws) for s in range(0, len(dataset), batch_size)]
-    for draw, start in tqdm(batches, desc="evaluating", leave=False, disable=not progress):
-        images = dataset.images[start : start + batch_size].to(device)
+    totals = torch.zeros(2, dtype=torch.float64)  # bits/dim sum, correct predictions
+    mine = batches[dist.rank :: dist.world_size]
+    for draw, start in tqdm(mine, desc="evaluating", leave=False, disable=not progress or not dist.is_main):
+        images = dataset.images[start : start + batch_size]
         generator = step_generator(seed, start, stream=100 + draw)
         x = dequantize(images, config.n_bits, generator=generator).to(device=device, dtype=model.top_prior.dtype)
         y = dataset.labels[start : start + batch_size].to(device) if conditional else None
         zs, logdet, log_prior = model(x, y)
-        total += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().sum().item()
+        totals[0] += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().sum().item()
         if conditional and draw == 0:
-            correct += (model.classifier_logits(zs[-1]).argmax(1) == y).sum().item()
-    result = {"test_bpd": total / (draws * len(dataset))}
+            totals[1] += (model.classifier_logits(zs[-1]).argmax(1) == y).sum().item()
+    totals = dist.all_reduce_sum(totals.to(device)).cpu()
+    result = {"test_bpd": totals[0].item() / (draws * len(dataset))}
     if conditional:
-        result["test_accuracy"] = correct / len(dataset)
+        result["test_accuracy"] = totals[1].item() / len(dataset)
     return result
-
-
-def _class_row(model: Glow, per_row: int) -> Tensor | None:
-    if model.config.num_classes == 0:
-        return None
-    return torch.arange(per_row) % model.config.num_classes
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -222,10 +232,11 @@ def _set_rng_state(state: dict) -> None:
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
     """Training-state files, oldest first."""
-    return sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt"))
+    return sorted((Path(run_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt"))
 
 
 def save_training_state(run_dir: Path, state: dict, step: int, keep: int) -> Path:
+    """Writes ``checkpoints/step_N.pt`` atomically and keeps the newest ``keep`` of them."""
     directory = run_dir / "checkpoints"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{CHECKPOINT_PREFIX}{step:08d}.pt"
@@ -240,9 +251,12 @@ def load_training_state(run_dir: Path) -> dict:
     errors = []
     for path in reversed(checkpoint_paths(run_dir)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a glowtorch training state")
+            return state
         except Exception as error:  # noqa: BLE001 - any unreadable file: try the previous one
-            errors.append(f"{path.name}: {str(error).splitlines()[0]}")
+            errors.append(f"{path.name}: {str(error).splitlines()[0][:120]}")
     if errors:
         raise CheckpointError(f"no readable training state in {run_dir / 'checkpoints'} ({'; '.join(errors)})")
     raise CheckpointError(
@@ -250,7 +264,6 @@ def load_training_state(run_dir: Path) -> dict:
     )
 
 
-# --------------------------------------------------------------------------- the loop
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step (then it saves and exits)."""
 
@@ -274,18 +287,284 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _make_optimizer(model: Glow, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    cls = torch.optim.Adamax if config.optimizer == "adamax" else torch.optim.Adam
-    return cls(params, lr=config.lr)
+def _all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
-@torch.no_grad()
-def _update_ema(ema: Glow, model: Glow, decay: float) -> None:
-    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
-        ema_p.lerp_(p, 1.0 - decay)
-    for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
-        ema_b.copy_(b)
+# --------------------------------------------------------------------------- the loop
+class Trainer:
+    """One training run: the model, its EMA copy, the optimizer, the step counter, and the run directory."""
+
+    def __init__(
+        self,
+        model_config: GlowConfig,
+        config: TrainConfig,
+        train_data: Dataset,
+        test_data: Dataset | None,
+        run_dir: str | Path,
+        dist: Distributed | None = None,
+        log=print,
+    ) -> None:
+        self.dist = dist or Distributed()
+        if tuple(train_data.image_shape) != model_config.image_shape:
+            raise ValueError(
+                f"training images are {train_data.image_shape} but the model expects {model_config.image_shape}"
+            )
+        if model_config.num_classes and train_data.labels is None:
+            raise ValueError("a class-conditional model needs a dataset with labels")
+        if len(train_data) < config.batch_size:
+            raise ValueError(
+                f"the training set has {len(train_data)} images, fewer than one batch ({config.batch_size})"
+            )
+        if config.batch_size % self.dist.world_size or config.init_images % self.dist.world_size:
+            raise ValueError(
+                f"--batch-size ({config.batch_size}) and --init-images ({config.init_images}) must divide by the "
+                f"number of processes ({self.dist.world_size})"
+            )
+        self.model_config, self.config = model_config, config
+        self.train_data, self.test_data = train_data, test_data
+        self.run_dir = Path(run_dir)
+        self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        self.device = torch.device(self.dist.device)
+        torch.manual_seed(config.seed)
+        self.model = Glow(model_config).to(self.device)
+        self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else self.model
+        self.optimizer = self._make_optimizer()
+        self.objective: nn.Module = TrainingObjective(self.model, config.weight_y)
+        self.step = 0
+        self.bad_steps = 0
+        self.rollbacks = 0
+        self.lr_scale = 1.0
+        self.elapsed_before = 0.0
+        self.steps_per_epoch = len(train_data) // config.batch_size
+        self.running_bpd: float | None = None
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cls = torch.optim.Adamax if self.config.optimizer == "adamax" else torch.optim.Adam
+        return cls(params, lr=self.config.lr)
+
+    # ------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
+            "elapsed": self.elapsed(),
+            "running_bpd": self.running_bpd,
+            "rng": _rng_state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        if state["model_config"] != self.model_config.to_dict():
+            raise CheckpointError(
+                f"the run in {self.run_dir} was trained with another model config; resume it with the same "
+                "preset and flags"
+            )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not self.model:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.rollbacks, self.lr_scale = state.get("rollbacks", 0), state.get("lr_scale", 1.0)
+        self.elapsed_before = state["elapsed"]
+        self.running_bpd = state.get("running_bpd")
+        _set_rng_state(state["rng"])
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._start
+
+    # ------------------------------------------------------------- pieces of a run
+    def initialize(self) -> None:
+        """ActNorm init from ``init_images`` training images; with several processes each takes an equal
+        share and the statistics are those of the union (all-reduced), before any DDP wrapping."""
+        config, dist = self.config, self.dist
+        order = torch.randperm(len(self.train_data), generator=step_generator(config.seed, 0, stream=2))
+        chosen = order[: config.init_images]
+        x = dequantize(
+            self.train_data.images[chosen], self.model_config.n_bits, generator=step_generator(config.seed, 0, stream=3)
+        )
+        share = config.init_images // dist.world_size
+        mine = x[dist.rank * share : (dist.rank + 1) * share].to(self.device)
+        self.model.initialize(mine, all_reduce_mean=dist.all_reduce_mean if dist.enabled else None)
+        if self.ema is not self.model:
+            self.ema.load_state_dict(self.model.state_dict())
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor | None]:
+        """This process's share of the global batch of ``step``: the same images and noise a single
+        process would use for those positions of the batch."""
+        config, dist = self.config, self.dist
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = epoch_order(len(self.train_data), config.seed, epoch)
+        indices = order[index * config.batch_size : (index + 1) * config.batch_size]
+        images = self.train_data.images[indices]
+        if config.flip:
+            images = random_flip(images, step_generator(config.seed, step, stream=4))
+        x = dequantize(images, self.model_config.n_bits, generator=step_generator(config.seed, step, stream=5))
+        share = config.batch_size // dist.world_size
+        mine = slice(dist.rank * share, (dist.rank + 1) * share)
+        y = self.train_data.labels[indices][mine].to(self.device) if self.model_config.num_classes else None
+        return x[mine].to(self.device), y
+
+    def train_step(self, loss_fn: nn.Module) -> bool:
+        """One optimizer step; returns False (and changes nothing) when the loss or gradient is not finite."""
+        x, y = self.batch(self.step)
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step, self.lr_scale)
+        loss, bpd = loss_fn(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # always, even when non-finite: other processes wait on the gradient all-reduce
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
+        global_bpd = self.dist.all_reduce_mean(bpd.detach().double().view(1))
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)) and bool(torch.isfinite(global_bpd).all())
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.optimizer.step()
+        if self.ema is not self.model:
+            decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    ema_p.lerp_(p, 1.0 - decay)
+        value = global_bpd.item()
+        self.running_bpd = value if self.running_bpd is None else 0.98 * self.running_bpd + 0.02 * value
+        return True
+
+    def evaluate_and_checkpoint(self, images_per_s: float) -> dict:
+        """Test bits/dim, sample grid, model, training state and a metrics line (files from rank 0 only)."""
+        metrics = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "elapsed_s": round(self.elapsed(), 2),
+            "train_bpd": self.running_bpd,
+            "train_images_per_s": round(images_per_s, 2),
+            "bad_steps": self.bad_steps,
+            "rollbacks": self.rollbacks,
+        }
+        if self.test_data is not None:
+            metrics.update(
+                evaluate_bits_per_dim(
+                    self.ema, self.test_data, self.config.eval_batch_size, self.config.eval_draws, dist=self.dist
+                )
+            )
+        if self.dist.is_main:
+            config = self.config
+            labels = None
+            if self.model_config.num_classes:
+                labels = torch.arange(config.samples_per_row, device=self.device) % self.model_config.num_classes
+            grid = temperature_grid(self.ema, config.temperatures, config.samples_per_row, config.seed, labels)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            save_grid(grid, self.run_dir / "samples" / f"step_{self.step:08d}.png", config.samples_per_row, scale=2)
+            metrics_path = self.run_dir / "metrics.jsonl"
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            plot_metrics(metrics_path, self.run_dir / "bpd.png")
+            save_model(self.ema, self.run_dir / "model", metadata={"step": str(self.step)})
+            save_training_state(self.run_dir, self.state(), self.step, config.keep_checkpoints)
+        self.dist.barrier()
+        self.log(json.dumps(metrics))
+        return metrics
+
+    def rollback(self) -> None:
+        """Back to the newest checkpoint with half the learning rate, after repeated non-finite steps."""
+        if self.rollbacks >= 1 or not checkpoint_paths(self.run_dir):
+            raise FloatingPointError(
+                f"training keeps producing non-finite losses or gradients (step {self.step}"
+                f"{', after a rollback' if self.rollbacks else ''}): lower --lr or raise --warmup-steps, "
+                "then --resume"
+            )
+        state = load_training_state(self.run_dir)
+        bad_steps, rollbacks = self.bad_steps, self.rollbacks
+        self.restore(state)
+        self.bad_steps, self.rollbacks, self.lr_scale = bad_steps, rollbacks + 1, self.lr_scale * 0.5
+        self.log(f"rolled back to step {self.step} with learning rate x{self.lr_scale}")
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (self.run_dir / "checkpoints").glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)  # a save interrupted by SIGKILL
+        if resume:
+            self.restore(load_training_state(self.run_dir))
+            self.dist.barrier()
+            if self.dist.is_main:
+                metrics_path = self.run_dir / "metrics.jsonl"
+                if metrics_path.exists():  # drop lines written after the checkpoint we resume from
+                    kept = [m for m in read_metrics(metrics_path) if m["step"] <= self.step]
+                    text = "".join(json.dumps(m) + "\n" for m in kept)
+                    atomic_write(metrics_path, lambda p: Path(p).write_text(text))
+            self.log(f"resuming {self.run_dir} from step {self.step}")
+        else:
+            self.initialize()
+            if self.dist.is_main:
+                text = json.dumps(self.config.to_dict(), indent=2)
+                atomic_write(self.run_dir / "train_config.json", lambda p: Path(p).write_text(text))
+
+    def run(self, resume: bool = False, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        self._start = time.monotonic()
+        self._prepare_run_dir(resume)
+        config = self.config
+        loss_fn = self.objective
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            loss_fn = DistributedDataParallel(self.objective, device_ids=device_ids)
+        eval_every = config.eval_every or self.steps_per_epoch
+        limits = [s for s in (config.steps, config.epochs and config.epochs * self.steps_per_epoch) if s]
+        max_steps = min(limits) if limits else None
+        last: dict = {}
+        consecutive_bad = 0
+        interval_images, interval_start = 0, time.monotonic()
+        bar = tqdm(total=max_steps, initial=self.step, disable=not progress or not self.dist.is_main, unit="step",
+                   dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+        window_images, window_start = 0, time.monotonic()
+        with _StopRequest() as stop:
+            while max_steps is None or self.step < max_steps:
+                if config.max_minutes is not None and self.elapsed() >= config.max_minutes * 60:
+                    break
+                if self._stop_requested(stop):
+                    self.log(f"stopping at step {self.step} on a signal; checkpoint saved, continue with --resume")
+                    break
+                if self.train_step(loss_fn):
+                    consecutive_bad = 0
+                else:
+                    self.bad_steps += 1
+                    consecutive_bad += 1
+                    if consecutive_bad >= config.max_bad_steps:
+                        self.rollback()
+                        consecutive_bad = 0
+                        continue
+                self.step += 1
+                interval_images += config.batch_size
+                window_images += config.batch_size
+                bar.update(1)
+                now = time.monotonic()
+                if now - window_start > 2.0:
+                    rate = window_images / (now - window_start)
+                    bar.set_postfix(bpd=f"{self.running_bpd or float('nan'):.3f}", img_s=f"{rate:.0f}")
+                    window_images, window_start = 0, now
+                if self.step % eval_every == 0:
+                    last = self.evaluate_and_checkpoint(interval_images / (time.monotonic() - interval_start))
+                    interval_images, interval_start = 0, time.monotonic()
+            bar.close()
+            if not last or last["step"] != self.step:
+                last = self.evaluate_and_checkpoint(interval_images / max(time.monotonic() - interval_start, 1e-9))
+        return last
+
+    def _stop_requested(self, stop: _StopRequest) -> bool:
+        """Whether any process received SIGINT/SIGTERM (agreed by all, so they stop at the same step)."""
+        flag = torch.tensor([1.0 if stop.signal is not None else 0.0], device=self.device)
+        return bool(self.dist.all_reduce_sum(flag).item() > 0)
 
 
 def train(
@@ -296,175 +575,12 @@ def train(
     run_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
-    device: str | torch.device = "cpu",
+    dist: Distributed | None = None,
     log=print,
 ) -> dict:
     """Trains a Glow model, writing the run directory described in this module's docstring.
 
     Returns the last metrics line. SIGINT/SIGTERM end the run after the current step with a checkpoint.
     """
-    from tqdm import tqdm
-
-    run_dir = Path(run_dir)
-    if tuple(train_data.image_shape) != model_config.image_shape:
-        raise ValueError(
-            f"training images are {train_data.image_shape} but the model expects {model_config.image_shape}"
-        )
-    if model_config.num_classes and train_data.labels is None:
-        raise ValueError("a class-conditional model needs a dataset with labels")
-    if len(train_data) < config.batch_size:
-        raise ValueError(f"the training set has {len(train_data)} images, fewer than one batch ({config.batch_size})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    model = Glow(model_config).to(device)
-    optimizer = _make_optimizer(model, config)
-    ema = copy.deepcopy(model) if config.ema_decay > 0 else model
-    step, bad_steps_total = 0, 0
-    elapsed_before = 0.0
-    if resume:
-        state = load_training_state(run_dir)
-        if state["model_config"] != model_config.to_dict():
-            raise CheckpointError(
-                f"the run in {run_dir} was trained with another model config; resume it with the same preset and flags"
-            )
-        model.load_state_dict(state["model"])
-        if ema is not model:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, bad_steps_total, elapsed_before = state["step"], state["bad_steps"], state["elapsed"]
-        _set_rng_state(state["rng"])
-        log(f"resuming {run_dir} from step {step}")
-    else:
-        order = torch.randperm(len(train_data), generator=step_generator(config.seed, 0, stream=2))
-        init = train_data.images[order[: config.init_images]]
-        init_x = dequantize(init, model_config.n_bits, generator=step_generator(config.seed, 0, stream=3)).to(device)
-        model.initialize(init_x)
-        if ema is not model:
-            ema.load_state_dict(model.state_dict())
-        atomic_write(
-            run_dir / "train_config.json", lambda p: Path(p).write_text(json.dumps(config.to_dict(), indent=2))
-        )
-
-    steps_per_epoch = len(train_data) // config.batch_size
-    eval_every = config.eval_every or steps_per_epoch
-    max_steps = (
-        min(s for s in (config.steps, config.epochs and config.epochs * steps_per_epoch) if s)
-        if (config.steps or config.epochs)
-        else None
-    )
-    deadline = time.monotonic() + config.max_minutes * 60 - elapsed_before if config.max_minutes else None
-    conditional = model_config.num_classes > 0
-    metrics_path = run_dir / "metrics.jsonl"
-    last_metrics: dict = {}
-    consecutive_bad = 0
-    start_time = time.monotonic() - elapsed_before
-    window_images, window_start, running_bpd = 0, time.monotonic(), None
-    interval = {"images": 0, "start": time.monotonic()}  # training throughput between evaluations
-
-    def checkpoint_and_evaluate() -> dict:
-        nonlocal last_metrics
-        train_seconds = time.monotonic() - interval["start"]
-        metrics = {
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "elapsed_s": round(time.monotonic() - start_time, 2),
-            "train_bpd": running_bpd,
-            "train_images_per_s": round(interval["images"] / max(train_seconds, 1e-9), 2),
-            "bad_steps": bad_steps_total,
-        }
-        if test_data is not None:
-            metrics.update(evaluate_bits_per_dim(ema, test_data, config.eval_batch_size, config.eval_draws))
-        grid = temperature_grid(
-            ema,
-            config.temperatures,
-            config.samples_per_row,
-            generator_seed=config.seed,
-            y=_class_row(ema, config.samples_per_row),
-        )
-        (run_dir / "samples").mkdir(exist_ok=True)
-        save_grid(grid, run_dir / "samples" / f"step_{step:08d}.png", columns=config.samples_per_row, scale=2)
-        save_model(ema, run_dir / "model", metadata={"step": str(step)})
-        state = {
-            "model_config": model_config.to_dict(),
-            "train_config": config.to_dict(),
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "bad_steps": bad_steps_total,
-            "elapsed": time.monotonic() - start_time,
-            "rng": _rng_state(),
-        }
-        save_training_state(run_dir, state, step, config.keep_checkpoints)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        plot_metrics(metrics_path, run_dir / "bpd.png")
-        last_metrics = metrics
-        log(json.dumps(metrics))
-        interval.update(images=0, start=time.monotonic())
-        return metrics
-
-    bar = tqdm(total=max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=1.0)
-    with _StopRequest() as stop:
-        while True:
-            if max_steps is not None and step >= max_steps:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if stop.signal is not None:
-                log(f"received signal {stop.signal}: saving a checkpoint at step {step} and stopping")
-                break
-            epoch, index = divmod(step, steps_per_epoch)
-            batch = epoch_order(len(train_data), config.seed, epoch)[
-                index * config.batch_size : (index + 1) * config.batch_size
-            ]
-            images = train_data.images[batch]
-            if config.flip:
-                images = random_flip(images, step_generator(config.seed, step, stream=4))
-            x = dequantize(images, model_config.n_bits, generator=step_generator(config.seed, step, stream=5)).to(
-                device
-            )
-            y = train_data.labels[batch].to(device) if conditional else None
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
-            loss, bpd = model_loss(model, x, y, model_config, config.weight_y)
-            optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-                finite = bool(torch.isfinite(norm))
-            if finite:
-                optimizer.step()
-                if ema is not model:
-                    _update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-                consecutive_bad = 0
-                value = bpd.item()
-                running_bpd = value if running_bpd is None else 0.98 * running_bpd + 0.02 * value
-            else:
-                bad_steps_total += 1
-                consecutive_bad += 1
-                if consecutive_bad >= config.max_bad_steps:
-                    bar.close()
-                    raise FloatingPointError(
-                        f"{consecutive_bad} consecutive non-finite steps at step {step}: lower --lr or raise "
-                        "--warmup-steps, then --resume from the last checkpoint"
-                    )
-            step += 1
-            window_images += len(batch)
-            interval["images"] += len(batch)
-            bar.update(1)
-            now = time.monotonic()
-            if now - window_start > 2.0:
-                bar.set_postfix(
-                    bpd=f"{running_bpd:.3f}" if running_bpd else "nan",
-                    img_s=f"{window_images / (now - window_start):.0f}",
-                )
-                window_images, window_start = 0, now
-            if step % eval_every == 0:
-                checkpoint_and_evaluate()
-        bar.close()
-        if not last_metrics or last_metrics["step"] != step:
-            checkpoint_and_evaluate()
-    return last_metrics
+    trainer = Trainer(model_config, config, train_data, test_data, run_dir, dist=dist, log=log)
+    return trainer.run(resume=resume, progress=progress)

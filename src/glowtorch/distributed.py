@@ -1,0 +1,78 @@
+"""Multi-process training: torchrun's environment, process groups, and the few collectives we need.
+
+Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["Distributed", "init_distributed"]
+
+DEFAULT_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place: ``rank`` of ``world_size``, and the device it trains on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        if self.enabled:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
+        return self.all_reduce_sum(tensor) / self.world_size
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device: str = "cpu", timeout_s: float | None = None) -> Distributed:
+    """Joins the process group that torchrun describes in the environment (gloo on CPU, nccl on GPUs).
+
+    A collective that waits longer than ``timeout_s`` (default ``$GLOWTORCH_DIST_TIMEOUT`` or 300 s),
+    for example because another rank died, raises instead of hanging forever.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(device=device)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no GPU is available; use --device cpu")
+        torch.cuda.set_device(local_rank)
+        device, backend = f"cuda:{local_rank}", "nccl"
+    else:
+        backend = "gloo"
+    seconds = timeout_s or float(os.environ.get("GLOWTORCH_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
