@@ -134,7 +134,7 @@ def test_config_validation(kwargs: dict, message: str) -> None:
 
 def test_any_channel_count() -> None:
     for channels in (1, 3, 5):
-        model = random_model(image_shape=(channels, 4, 4))
+        model = random_model(scale=0.1, image_shape=(channels, 4, 4))
         x = images(2, (channels, 4, 4))
         assert_close(model.decode(model.encode(x)[0]), x, atol=1e-10, rtol=0)
 

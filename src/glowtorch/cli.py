@@ -122,7 +122,7 @@ def dataset_for(model_config: GlowConfig, args, train: bool):
 
 
 # --------------------------------------------------------------------------- commands
-MODEL_FLAGS = ("levels", "depth", "hidden_channels", "coupling", "permutation", "n_bits")
+MODEL_FLAGS = ("levels", "depth", "hidden_channels", "coupling", "permutation", "n_bits", "memory", "precision")
 TRAIN_FLAGS = (
     "batch_size", "optimizer", "lr", "warmup_steps", "grad_clip", "ema_decay", "init_images", "weight_y",
     "epochs", "steps", "max_minutes", "eval_every", "eval_draws", "seed", "keep_checkpoints",
@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--permutation", choices=["lu", "invconv", "shuffle", "reverse"])
     t.add_argument("--n-bits", type=positive_int, choices=range(1, 9), metavar="1..8")
     t.add_argument("--no-learn-top", action="store_true", help="fixed standard-normal top prior")
+    t.add_argument("--memory", choices=["standard", "checkpoint", "reversible"],
+                   help="reversible: keep no activations of the flow steps (memory flat in depth)")  # fmt: skip
+    t.add_argument("--precision", choices=["float32", "bfloat16"], help="bfloat16 coupling networks (autocast)")
     t.add_argument("--conditional", action="store_true", help="class-conditional model from the dataset's labels")
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--optimizer", choices=["adam", "adamax"])

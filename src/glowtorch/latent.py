@@ -201,7 +201,7 @@ def score_images(
 # --------------------------------------------------------------------------- files
 def model_fingerprint(model: Glow) -> str:
     """A short hash of the model's config and weights: ties latent and direction files to their model."""
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(model.config.architecture(), sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

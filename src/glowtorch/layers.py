@@ -69,6 +69,9 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
+        # Set by Glow.initialize: the next forward initializes from its input (then clears this).
+        self.initialize_next: bool = False
+        self.all_reduce_mean = None
 
     @torch.no_grad()
     def initialize(self, x: Tensor, all_reduce_mean=None) -> None:
@@ -93,6 +96,9 @@ class ActNorm(nn.Module):
         return (height * width * self.log_scale.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.initialize_next:
+            self.initialize(x, self.all_reduce_mean)
+            self.initialize_next, self.all_reduce_mean = False, None
         return (x + self.bias) * torch.exp(self.log_scale), self.logdet(x)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -212,20 +218,26 @@ class ZeroConv2d(nn.Module):
 
 
 class CouplingNetwork(nn.Module):
-    """conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-initialized conv3x3: ``(B, C_in, H, W) -> (B, C_out, H, W)``."""
+    """conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialized conv3x3:
+    ``(B, C_in, H, W) -> (B, C_out, H, W)``.
+
+    As in the reference code, the hidden convolutions have no bias and are followed by ActNorm
+    (initialized from data with the rest of the model), which keeps their activations well scaled.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
-        self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1)
+        self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False)
+        self.norm_in = ActNorm(hidden_channels)
+        self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1, bias=False)
+        self.norm_hidden = ActNorm(hidden_channels)
         for conv in (self.conv_in, self.conv_hidden):
             nn.init.normal_(conv.weight, 0.0, 0.05)
-            nn.init.zeros_(conv.bias)
         self.conv_out = ZeroConv2d(hidden_channels, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.conv_in(x))
-        h = F.relu(self.conv_hidden(h))
+        h = F.relu(self.norm_in(self.conv_in(x))[0])
+        h = F.relu(self.norm_hidden(self.conv_hidden(h))[0])
         return self.conv_out(h)
 
 

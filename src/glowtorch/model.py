@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import COUPLINGS, PERMUTATIONS, ActNorm, FlowSequence, FlowStep, Split, Squeeze, gaussian_log_prob
+from .memory import MEMORY_MODES, run_steps
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 __all__ = ["Glow", "GlowConfig", "NotInitializedError"]
 
@@ -33,6 +36,10 @@ class GlowConfig:
         learn_top: learn the top prior's mean and log-std (zero-initialized).
         num_classes: > 0 makes the model class-conditional (top prior and latent classifier).
         n_bits: bits per pixel value the data is reduced to (1..8).
+        memory: how training backprop stores activations: "standard", "checkpoint" (per step) or
+            "reversible" (none: rebuilt from the outputs with the inverse). Results are the same.
+        precision: "float32", or "bfloat16" for the coupling networks only (autocast); ActNorm, the
+            1x1 convolutions, logdets and priors stay in the model's dtype.
     """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -44,6 +51,10 @@ class GlowConfig:
     learn_top: bool = True
     num_classes: int = 0
     n_bits: int = 8
+    memory: str = "standard"
+    precision: str = "float32"
+
+    RUNTIME_FIELDS = ("memory", "precision")  # how to compute, not what: free to change between runs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
@@ -67,6 +78,10 @@ class GlowConfig:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def num_dims(self) -> int:
@@ -76,6 +91,10 @@ class GlowConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def architecture(self) -> dict:
+        """The fields that define the model's function and weights (``to_dict`` without runtime options)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
 
     @classmethod
     def from_dict(cls, values: dict) -> GlowConfig:
@@ -115,6 +134,9 @@ class Glow(nn.Module):
                 channels = split.kept_channels
         self.latent_shapes.append((channels, height, width))
         self.top_channels = channels
+        for module in self.modules():
+            if hasattr(module, "autocast_dtype"):
+                module.autocast_dtype = PRECISIONS[config.precision]
         # Top prior: (mean, log_std) interleaved on the channel axis, zero at init = standard normal.
         self.top_prior = nn.Parameter(torch.zeros(1, 2 * channels, height, width), requires_grad=config.learn_top)
         if config.num_classes > 0:
@@ -188,9 +210,10 @@ class Glow(nn.Module):
     def initialize(self, x: Tensor, y: Tensor | None = None, all_reduce_mean=None) -> None:
         """Data-dependent ActNorm initialization from one batch ``x`` ``(B, C, H, W)``.
 
-        Each ActNorm is set from the activations reaching it, so the whole network starts
-        with zero-mean, unit-variance activations. ``all_reduce_mean`` (distributed training)
-        averages the statistics over processes.
+        One forward pass in which every ActNorm (of the flow steps and inside the coupling networks)
+        sets itself from the activations reaching it, so the network starts with zero-mean,
+        unit-variance activations. ``all_reduce_mean`` (distributed training) averages the
+        statistics over processes, giving those of the union of all processes' batches.
         """
         self._check_input(x)
         if y is not None:  # labels only reach the top prior, which initialization does not touch
@@ -198,14 +221,17 @@ class Glow(nn.Module):
         actnorms = self.actnorms()
         for actnorm in actnorms:
             actnorm.initialized.fill_(False)
-        h = x
-        for level, steps in enumerate(self.levels):
-            h, _ = self.squeeze(h)
-            for step in steps.layers:
-                step.actnorm.initialize(h, all_reduce_mean)
-                h, _ = step(h)
-            if level < len(self.splits):
-                h, _ = self.splits[level](h)
+            actnorm.initialize_next, actnorm.all_reduce_mean = True, all_reduce_mean
+        try:
+            h = x
+            for level, steps in enumerate(self.levels):
+                h, _ = self.squeeze(h)
+                h, _ = steps(h)
+                if level < len(self.splits):
+                    h, _ = self.splits[level](h)
+        finally:
+            for actnorm in actnorms:
+                actnorm.initialize_next, actnorm.all_reduce_mean = False, None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
         """One pass for training: (``zs``, ``logdet`` ``(B,)``, ``log_prior`` ``(B,)``, the latents' prior density).
@@ -221,7 +247,7 @@ class Glow(nn.Module):
         log_prior = x.new_zeros(x.shape[0])
         for level, steps in enumerate(self.levels):
             h, _ = self.squeeze(h)
-            h, step_logdet = steps(h)
+            h, step_logdet = run_steps(steps, h, self.config.memory)
             logdet = logdet + step_logdet
             if level < len(self.splits):
                 split = self.splits[level]

@@ -321,6 +321,9 @@ class Trainer:
                 f"--batch-size ({config.batch_size}) and --init-images ({config.init_images}) must divide by the "
                 f"number of processes ({self.dist.world_size})"
             )
+        if model_config.precision == "bfloat16" and self.dist.device.startswith("cuda"):
+            if not torch.cuda.is_bf16_supported():
+                raise ValueError("this GPU cannot compute in bfloat16: use --precision float32")
         self.model_config, self.config = model_config, config
         self.train_data, self.test_data = train_data, test_data
         self.run_dir = Path(run_dir)
@@ -362,7 +365,8 @@ class Trainer:
         }
 
     def restore(self, state: dict) -> None:
-        if state["model_config"] != self.model_config.to_dict():
+        saved = GlowConfig.from_dict(state["model_config"]).architecture()
+        if saved != self.model_config.architecture():
             raise CheckpointError(
                 f"the run in {self.run_dir} was trained with another model config; resume it with the same "
                 "preset and flags"

@@ -1,0 +1,161 @@
+"""Two processes with gloo on CPU: same init, same parameters and same test bits/dim as one process
+with the same global batch and data order; resume with another process count; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+from glowtorch import GlowConfig, load_model
+from glowtorch.data import load_dataset
+from glowtorch.distributed import Distributed, init_distributed, shutdown
+from glowtorch.train import TrainConfig, Trainer, evaluate_bits_per_dim
+
+MODEL = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=2, hidden_channels=8)
+TRAIN = TrainConfig(batch_size=16, init_images=32, steps=5, eval_every=5, temperatures=(0.5,), lr=2e-3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str, timeout: float) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), GLOWTORCH_DIST_TIMEOUT=str(timeout), OMP_NUM_THREADS="1")  # fmt: skip
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu")
+    data, test = load_dataset("digits"), load_dataset("digits", train=False)
+    trainer = Trainer(MODEL, TRAIN, data, test, f"{out}/run", dist=dist, log=lambda *a: None)
+    trainer.initialize()
+    torch.save(trainer.model.state_dict(), f"{out}/init_{rank}.pt")
+    shutil.rmtree(f"{out}/run", ignore_errors=True) if rank == 0 else None
+    dist.barrier()
+    metrics = trainer.run(progress=False)
+    torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(), "metrics": metrics},
+               f"{out}/final_{rank}.pt")  # fmt: skip
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(2, free_port(), str(out), 60.0), nprocs=2, join=True)
+    torch.set_num_threads(1)
+    data, test = load_dataset("digits"), load_dataset("digits", train=False)
+    single = Trainer(MODEL, TRAIN, data, test, out / "single", log=lambda *a: None)
+    single.initialize()
+    init = {k: v.clone() for k, v in single.model.state_dict().items()}
+    metrics = Trainer(MODEL, TRAIN, data, test, out / "single2", log=lambda *a: None).run(progress=False)
+    final = load_model(out / "single2" / "model")
+    return out, init, metrics, final
+
+
+def test_actnorm_init_equals_single_process_on_concatenated_batch(runs) -> None:
+    out, init, _, _ = runs
+    for rank in (0, 1):
+        state = torch.load(out / f"init_{rank}.pt", weights_only=True)
+        for name, tensor in init.items():
+            if "actnorm" in name or name.endswith(("bias", "log_scale")) and "layers.0" in name:
+                assert_close(state[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_parameters_and_test_bpd_match_single_process(runs) -> None:
+    out, _, single_metrics, single_final = runs
+    rank0 = torch.load(out / "final_0.pt", weights_only=True)
+    rank1 = torch.load(out / "final_1.pt", weights_only=True)
+    for name, tensor in rank0["model"].items():
+        assert torch.equal(tensor, rank1["model"][name]), f"ranks differ in {name}"
+        assert torch.equal(rank0["ema"][name], rank1["ema"][name]), f"EMA differs in {name}"
+    for name, tensor in single_final.state_dict().items():
+        assert_close(rank0["ema"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    assert rank0["metrics"]["test_bpd"] == pytest.approx(single_metrics["test_bpd"], abs=1e-4)
+    lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1, "metrics written by rank 0 only"
+
+
+def test_sharded_evaluation_equals_single_process(runs) -> None:
+    """Evaluation alone, with the same weights: sums over ranks equal one process's (uneven last batch)."""
+    _, _, _, model = runs
+    test = load_dataset("digits", train=False)  # 297 images: batches of 40 leave a short last one
+    single = evaluate_bits_per_dim(model, test, batch_size=40)["test_bpd"]
+
+    class FakeRanks(Distributed):
+        def all_reduce_sum(self, tensor):
+            return tensor
+
+    parts = [evaluate_bits_per_dim(model, test, 40, dist=FakeRanks(rank=r, world_size=3))["test_bpd"] for r in range(3)]
+    assert sum(parts) == pytest.approx(single, abs=1e-9)
+
+
+def _dying_worker(rank: int, world: int, port: int, result) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      GLOWTORCH_DIST_TIMEOUT="10")  # fmt: skip
+    dist = init_distributed("cpu")
+    if rank == 1:
+        os._exit(3)
+    start = time.monotonic()
+    try:
+        dist.all_reduce_sum(torch.ones(1))
+        result.put("no error")
+    except Exception as error:  # noqa: BLE001
+        result.put(f"{type(error).__name__} after {time.monotonic() - start:.0f}s")
+
+
+def test_a_dead_rank_does_not_hang_the_others() -> None:
+    ctx = mp.get_context("spawn")
+    result = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_dying_worker, args=(r, 2, port, result)) for r in range(2)]
+    for p in procs:
+        p.start()
+    message = result.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+    assert message != "no error"
+
+
+def run_cli(*argv, env_extra=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([*argv], capture_output=True, text=True, env=env, timeout=600)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+CLI = ["-m", "glowtorch", "train", "--dataset", "digits", "--levels", "2", "--depth", "1", "--hidden-channels", "8",
+       "--batch-size", "16", "--init-images", "32", "--eval-every", "4", "--no-progress",
+       "--temperatures", "0.5"]  # fmt: skip
+
+
+def test_torchrun_cli_and_resume_with_another_process_count(tmp_path) -> None:
+    dist_run, single_run = tmp_path / "dist", tmp_path / "single"
+    result = run_cli(*TORCHRUN, str(free_port()), *CLI, "--steps", "4", "--out", str(dist_run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("training on digits") == 1, "rank 0 prints alone"
+    result = run_cli(sys.executable, *CLI, "--steps", "8", "--out", str(dist_run), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(sys.executable, *CLI, "--steps", "8", "--out", str(single_run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = load_model(dist_run / "model"), load_model(single_run / "model")
+    for name, tensor in b.state_dict().items():
+        assert_close(a.state_dict()[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    steps = [json.loads(line)["step"] for line in (dist_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8]
+
+
+def test_batch_not_divisible_by_world_size(tmp_path) -> None:
+    argv = [*CLI, "--steps", "2", "--out", str(tmp_path / "r")]
+    argv[argv.index("--batch-size") + 1] = "15"
+    result = run_cli(*TORCHRUN, str(free_port()), *argv)
+    assert result.returncode != 0
+    assert "must divide by the number of processes (2)" in result.stderr
