@@ -144,3 +144,25 @@ def test_corrupt_checkpoint_refused_and_run_untouched(trained_run, tmp_path, cap
 def test_python_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "glowtorch", "presets"], capture_output=True, text=True, check=True)
     assert "mnist-cpu" in result.stdout and "cifar10" in result.stdout
+
+
+def test_resume_with_another_config_is_refused(trained_run, tmp_path, capsys) -> None:
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    before = (run_dir / "model" / "model.safetensors").read_bytes()
+    argv = ["train", "--dataset", "digits", "--steps", "9", "--out", run_dir, "--resume", *TINY]
+    argv[argv.index("--depth") + 1] = "2"
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and "another model config" in err and one_line_error(err)
+    assert (run_dir / "model" / "model.safetensors").read_bytes() == before
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "1", "--out", tmp_path / "new", "--resume")
+    assert code == 1 and "nothing to resume" in err
+
+
+def test_unwritable_output_directory(tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "1", "--out", blocker / "run")
+    assert code == 1 and "cannot write" in err and one_line_error(err)

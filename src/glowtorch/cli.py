@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from importlib import resources
@@ -62,24 +63,21 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def signed_float_list(text: str, minimum: float = -math.inf) -> list[float]:
+    """Comma-separated finite numbers, each >= ``minimum``."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (minimum <= v < math.inf) for v in values):
+        bound = "" if minimum == -math.inf else f" >= {minimum:g}"
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers{bound}, got {text!r}")
+    return values
+
+
 def float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}")
-    return values
-
-
-def signed_float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v != v or abs(v) == float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
-    return values
+    """Comma-separated numbers >= 0 (temperatures)."""
+    return signed_float_list(text, minimum=0.0)
 
 
 # --------------------------------------------------------------------------- helpers

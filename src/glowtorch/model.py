@@ -18,6 +18,14 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 __all__ = ["Glow", "GlowConfig", "NotInitializedError"]
 
 
+def dataclass_from_dict(cls, values: dict, what: str):
+    """``cls(**values)``, refusing unknown keys with a message naming them."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what}: {', '.join(unknown)}")
+    return cls(**values)
+
+
 class NotInitializedError(RuntimeError):
     """Raised when a model is used before its ActNorm layers were initialized."""
 
@@ -98,11 +106,7 @@ class GlowConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> GlowConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GlowConfig fields: {', '.join(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "GlowConfig fields")
 
 
 class Glow(nn.Module):

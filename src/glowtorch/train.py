@@ -36,7 +36,7 @@ from .distributed import Distributed
 from .images import save_grid
 from .latent import temperature_grid
 from .metrics import nll_bits_per_dim
-from .model import Glow, GlowConfig
+from .model import Glow, GlowConfig, dataclass_from_dict
 from .plots import plot_metrics, read_metrics
 from .preprocess import dequantize
 
@@ -122,11 +122,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "training options")
 
 
 # --------------------------------------------------------------------------- helpers

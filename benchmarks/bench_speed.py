@@ -1,0 +1,152 @@
+"""Training and sampling speed and peak memory of Glow in each memory mode and precision.
+
+Each measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss on CPU, or
+torch.cuda.max_memory_allocated on a GPU) is its own. "plain" is eager float32 with standard backprop.
+
+    python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
+    python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
+    python benchmarks/bench_speed.py --device cuda --configs B,paper
+
+Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "A": dict(image_shape=(1, 32, 32), levels=3, depth=8, hidden_channels=128, batch=64),
+    "B": dict(image_shape=(3, 32, 32), levels=3, depth=4, hidden_channels=512, batch=16),
+    "C8": dict(image_shape=(3, 32, 32), levels=3, depth=8, hidden_channels=512, batch=64),
+    "C32": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
+    "paper": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
+}
+VARIANTS = {
+    "plain": dict(memory="standard", precision="float32"),
+    "checkpoint": dict(memory="checkpoint", precision="float32"),
+    "reversible": dict(memory="reversible", precision="float32"),
+    "bf16": dict(memory="standard", precision="bfloat16"),
+}
+
+
+def measure(spec: dict) -> dict:
+    """Runs inside the subprocess: times training steps and sampling, reports peak memory."""
+    import resource
+
+    import torch
+
+    from glowtorch import Glow, GlowConfig
+    from glowtorch.train import TrainingObjective
+
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    config = GlowConfig(**spec["model"])
+    model = Glow(config).to(device)
+    batch = spec["batch"]
+    x = (torch.rand(batch, *config.image_shape, device=device) - 0.5) * 0.9
+    model.initialize(x)
+    objective = TrainingObjective(model)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(spec["warmup"] + spec["steps"]):
+        start = time.perf_counter()
+        loss, _ = objective(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+        times.append(time.perf_counter() - start)
+    train_time = sum(times[spec["warmup"] :]) / spec["steps"]
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    sample_times = []
+    with torch.inference_mode():
+        for _ in range(1 + max(1, spec["steps"] // 2)):
+            start = time.perf_counter()
+            model.sample(batch, 0.7, generator=torch.Generator(device=device).manual_seed(0))
+            sync()
+            sample_times.append(time.perf_counter() - start)
+    sample_time = sum(sample_times[1:]) / (len(sample_times) - 1)
+    return {
+        "train_images_per_s": batch / train_time,
+        "step_s": train_time,
+        "sample_images_per_s": batch / sample_time,
+        "peak_gib": peak,
+        "loss_bpd": float(loss),
+    }
+
+
+def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int) -> dict:
+    settings = dict(CONFIGS[config_name])
+    batch = settings.pop("batch")
+    model = {**settings, **VARIANTS[variant]}
+    spec = {"model": model, "batch": batch, "device": device, "steps": steps, "warmup": warmup}
+    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{config_name}/{variant} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="A,B,C", help="A, B, C (= C8 and C32 for memory), paper")
+    parser.add_argument("--variants", default="plain,reversible,checkpoint,bf16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON spec
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
+    names = []
+    for name in args.configs.split(","):
+        names += ["C8", "C32"] if name == "C" else [name]
+    results: dict[tuple[str, str], dict] = {}
+    print(f"{'config':6s} {'variant':11s} {'train img/s':>11s} {'step s':>8s} {'sample img/s':>12s} {'peak GiB':>9s}")
+    for name in names:
+        variants = args.variants.split(",")
+        if name.startswith("C"):
+            variants = [v for v in variants if v in ("plain", "reversible", "checkpoint")]
+        for variant in variants:
+            r = run_one(name, variant, args.device, args.steps, args.warmup)
+            results[(name, variant)] = r
+            line = f"{name:6s} {variant:11s} {r['train_images_per_s']:11.1f} {r['step_s']:8.2f} "
+            print(line + f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:9.2f}", flush=True)
+    print()
+    for name in names:
+        plain = results.get((name, "plain"))
+        for variant in args.variants.split(","):
+            r = results.get((name, variant))
+            if plain and r and variant != "plain":
+                speed = r["train_images_per_s"] / plain["train_images_per_s"]
+                sampling = r["sample_images_per_s"] / plain["sample_images_per_s"]
+                memory = r["peak_gib"] / plain["peak_gib"]
+                print(
+                    f"{name}: {variant} / plain: training x{speed:.2f}, sampling x{sampling:.2f}, memory x{memory:.2f}"
+                )
+    if ("C32", "reversible") in results and ("C8", "reversible") in results:
+        ratio = results[("C32", "reversible")]["peak_gib"] / results[("C8", "reversible")]["peak_gib"]
+        print(f"C: reversible peak memory, K=32 / K=8: x{ratio:.2f}")
+    if ("C32", "reversible") in results and ("C32", "plain") in results:
+        ratio = results[("C32", "reversible")]["peak_gib"] / results[("C32", "plain")]["peak_gib"]
+        step = results[("C32", "reversible")]["step_s"] / results[("C32", "plain")]["step_s"]
+        print(f"C: K=32 reversible / plain: peak memory x{ratio:.2f}, step time x{step:.2f}")
+
+
+if __name__ == "__main__":
+    main()
