@@ -190,3 +190,22 @@ def test_property_invertible_with_consistent_logdet(kind, channels, height, widt
         jac = torch.autograd.functional.jacobian(lambda v: layer(v)[0], x[:1])
         dim = x[0].numel()
         assert_close(logdet[0], torch.linalg.slogdet(jac.reshape(dim, dim))[1], atol=1e-8, rtol=1e-8)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path) -> None:
+    trainer = make_trainer(tmp_path, lambda step, scale: False)
+    inner = trainer.objective
+
+    class CorruptWeights(torch.nn.Module):
+        def forward(self, x, y=None):
+            if trainer.step == 15 and trainer.lr_scale == 1.0:
+                with torch.no_grad():
+                    trainer.model.top_prior[0, 0, 0, 0] = float("inf")
+            return inner(x, y)
+
+    trainer.objective = CorruptWeights()
+    metrics = trainer.run(progress=False)
+    assert metrics["step"] == 30 and metrics["rollbacks"] == 1
+    for path in checkpoint_paths(tmp_path / "run"):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())

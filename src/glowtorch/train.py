@@ -337,6 +337,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.steps_per_epoch = len(train_data) // config.batch_size
         self.running_bpd: float | None = None
+        self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -401,8 +402,9 @@ class Trainer:
         process would use for those positions of the batch."""
         config, dist = self.config, self.dist
         epoch, index = divmod(step, self.steps_per_epoch)
-        order = epoch_order(len(self.train_data), config.seed, epoch)
-        indices = order[index * config.batch_size : (index + 1) * config.batch_size]
+        if self._order_epoch != epoch:
+            self._order, self._order_epoch = epoch_order(len(self.train_data), config.seed, epoch), epoch
+        indices = self._order[index * config.batch_size : (index + 1) * config.batch_size]
         images = self.train_data.images[indices]
         if config.flip:
             images = random_flip(images, step_generator(config.seed, step, stream=4))
@@ -438,7 +440,11 @@ class Trainer:
         return True
 
     def evaluate_and_checkpoint(self, images_per_s: float) -> dict:
-        """Test bits/dim, sample grid, model, training state and a metrics line (files from rank 0 only)."""
+        """Test bits/dim, sample grid, model, training state and a metrics line (files from rank 0 only).
+        Weights that are not finite are never saved: training rolls back instead."""
+        if not _all_finite(self.model):
+            self.rollback()
+            return {}
         metrics = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
