@@ -53,7 +53,7 @@ def test_encode_decode_round_trip_is_exact(n_bits: int) -> None:
 
 def test_temperature_grid_rows() -> None:
     model = small_model()
-    grid = temperature_grid(model, [0.0, 0.5, 1.0], per_row=4, generator_seed=1)
+    grid = temperature_grid(model, [0.0, 0.5, 1.0], per_row=4, generator=torch.Generator().manual_seed(1))
     assert grid.shape == (12, 1, 8, 8) and grid.dtype == torch.uint8
     mode_row = grid[:4].float()
     assert (mode_row - mode_row[0]).abs().max() == 0, "temperature 0 gives the mode: identical samples"

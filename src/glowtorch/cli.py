@@ -303,7 +303,8 @@ def cmd_temperatures(args) -> int:
 
     model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
     output = _output(args.output)
-    grid = temperature_grid(model, args.temperatures, args.n, args.seed, y=_labels(model, args.label, args.n))
+    generator = torch.Generator(device=model.top_prior.device).manual_seed(args.seed)
+    grid = temperature_grid(model, args.temperatures, args.n, generator, y=_labels(model, args.label, args.n))
     save_grid(grid, output, columns=args.n, scale=args.scale)
     print(f"wrote {len(args.temperatures)} rows (temperatures {args.temperatures}) of {args.n} samples to {output}")
     return 0
@@ -390,7 +391,7 @@ def cmd_score(args) -> int:
         y = data.labels[: len(data.images)] if model.config.num_classes and data.labels is not None else None
         if model.config.num_classes and y is None:
             raise UsageError(f"the model is class-conditional and {name} has no labels")
-        scores[spec] = score_images(model, data.images, y)
+        scores[spec] = score_images(model, data.images, y, generator=torch.Generator().manual_seed(args.seed))
     csv_path = _output(args.output)
     rows = [(spec, i, f"{v:.6f}") for spec, values in scores.items() for i, v in enumerate(values.tolist())]
 
@@ -564,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--dataset", action="append", required=True, metavar="NAME[=DIR]",
                     help="a dataset's test split, optionally with its folder; repeat to compare")  # fmt: skip
     sc.add_argument("--limit", type=positive_int, help="score only the first N images of each")
+    sc.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
     sc.add_argument("--output", "-o", default="scores.csv")
     sc.add_argument("--histogram", help="default: the CSV path with .png")
     sc.add_argument("--device", default="cpu")

@@ -77,15 +77,18 @@ def temperature_grid(
     model: Glow,
     temperatures: Sequence[float],
     per_row: int,
-    generator_seed: int = 0,
+    generator: torch.Generator | None = None,
     y: Tensor | None = None,
 ) -> Tensor:
     """``(len(temperatures) * per_row, C, H, W)`` uint8 samples: one row per temperature, the same noise in
-    every row, so rows show the effect of temperature alone (the paper's temperature figure)."""
+    every row (the generator's state is replayed), so rows show the effect of temperature alone (the
+    paper's temperature figure)."""
     model.eval()
+    generator = generator or torch.Generator(device=model.top_prior.device).manual_seed(0)
+    start = generator.get_state()
     rows = []
     for temperature in temperatures:
-        generator = torch.Generator(device=model.top_prior.device).manual_seed(generator_seed)
+        generator.set_state(start)
         rows.append(_to_images(model, model.sample(per_row, temperature, y=y, generator=generator)))
     return torch.cat(rows)
 
@@ -183,14 +186,14 @@ def score_images(
     images: Tensor,
     y: Tensor | None = None,
     batch_size: int = 256,
-    seed: int = 1234,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Per-image bits/dim ``(N,)`` (float64) with fixed-seed dequantization noise: the likelihood score
-    used for out-of-distribution detection."""
+    """Per-image bits/dim ``(N,)`` (float64), the likelihood score used for out-of-distribution detection.
+    Dequantization noise comes from ``generator`` (default: seeded with 1234, so scores repeat)."""
     model.eval()
     config = model.config
     scores = []
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator or torch.Generator().manual_seed(1234)
     for start in range(0, len(images), batch_size):
         x = _model_input(model, images[start : start + batch_size], generator, noise=True)
         labels = None if y is None else y[start : start + batch_size]

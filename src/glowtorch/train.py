@@ -465,7 +465,8 @@ class Trainer:
             labels = None
             if self.model_config.num_classes:
                 labels = torch.arange(config.samples_per_row, device=self.device) % self.model_config.num_classes
-            grid = temperature_grid(self.ema, config.temperatures, config.samples_per_row, config.seed, labels)
+            generator = torch.Generator(device=self.device).manual_seed(config.seed)
+            grid = temperature_grid(self.ema, config.temperatures, config.samples_per_row, generator, labels)
             (self.run_dir / "samples").mkdir(exist_ok=True)
             save_grid(grid, self.run_dir / "samples" / f"step_{self.step:08d}.png", config.samples_per_row, scale=2)
             metrics_path = self.run_dir / "metrics.jsonl"
