@@ -163,3 +163,20 @@ def test_squeeze_moves_2x2_blocks_to_channels() -> None:
     y, _ = Squeeze()(x)
     assert y.shape == (1, 4, 2, 2)
     assert y[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("cls", [InvertibleConv1x1, InvertibleConv1x1LU])
+def test_inverse_weight_cache_follows_parameter_updates(cls) -> None:
+    layer = randomize(cls(4).double(), scale=0.3)
+    y = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer.inverse(y)[0]
+        assert layer.inverse_matrix() is layer.inverse_matrix(), "cached without autograd"
+        for p in layer.parameters():
+            p.add_(0.1)
+        second = layer.inverse(y)[0]
+    assert not torch.allclose(first, second), "an in-place update invalidates the cache"
+    assert_close(layer(second)[0], y, atol=1e-10, rtol=0)
+    layer.float()
+    with torch.no_grad():
+        assert layer.inverse(y.float())[0].dtype == torch.float32

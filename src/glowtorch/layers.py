@@ -105,6 +105,21 @@ class ActNorm(nn.Module):
         return y * torch.exp(-self.log_scale) - self.bias, -self.logdet(y)
 
 
+def _cached_inverse(layer: nn.Module, weight) -> Tensor:
+    """``inv(weight())`` computed in float64 and cast back. Without autograd (sampling, decoding) it is
+    cached until a parameter changes (in-place updates bump ``_version``; ``.to()`` swaps storage)."""
+    if torch.is_grad_enabled():
+        w = weight()
+        return torch.linalg.inv(w.double()).to(w.dtype)
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in layer.parameters())
+    cache = layer.__dict__.get("_inverse_cache")
+    if cache is None or cache[0] != key:
+        w = weight()
+        cache = (key, torch.linalg.inv(w.double()).to(w.dtype))
+        layer.__dict__["_inverse_cache"] = cache
+    return cache[1]
+
+
 class InvertibleConv1x1(nn.Module):
     """Invertible 1x1 convolution with an unconstrained weight ``W`` (``C x C``).
 
@@ -126,7 +141,7 @@ class InvertibleConv1x1(nn.Module):
         return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
 
     def inverse_matrix(self) -> Tensor:
-        return torch.linalg.inv(self.weight.double()).to(self.weight.dtype)
+        return _cached_inverse(self, lambda: self.weight)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         height, width = x.shape[2], x.shape[3]
@@ -170,7 +185,7 @@ class InvertibleConv1x1LU(nn.Module):
         return self.log_s.sum()
 
     def inverse_matrix(self) -> Tensor:
-        return torch.linalg.inv(self.weight_matrix().double()).to(self.log_s.dtype)
+        return _cached_inverse(self, self.weight_matrix)
 
     forward = InvertibleConv1x1.forward
     inverse = InvertibleConv1x1.inverse
