@@ -381,8 +381,10 @@ def cmd_score(args) -> int:
 
     model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
     scores = {}
+    names = [spec.partition("=")[0] for spec in args.dataset]
     for spec in args.dataset:
         name, _, data_dir = spec.partition("=")
+        label = name if names.count(name) == 1 else f"{name}:{Path(data_dir).name or data_dir}"
         if name not in DATASETS:
             raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
         data = dataset_for(model.config, argparse.Namespace(dataset=name, data_dir=data_dir or None), train=False)
@@ -391,7 +393,7 @@ def cmd_score(args) -> int:
         y = data.labels[: len(data.images)] if model.config.num_classes and data.labels is not None else None
         if model.config.num_classes and y is None:
             raise UsageError(f"the model is class-conditional and {name} has no labels")
-        scores[spec] = score_images(model, data.images, y, generator=torch.Generator().manual_seed(args.seed))
+        scores[label] = score_images(model, data.images, y, generator=torch.Generator().manual_seed(args.seed))
     csv_path = _output(args.output)
     rows = [(spec, i, f"{v:.6f}") for spec, values in scores.items() for i, v in enumerate(values.tolist())]
 
