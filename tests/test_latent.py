@@ -239,3 +239,31 @@ def test_fingerprint_changes_with_weights() -> None:
     with torch.no_grad():
         model.top_prior.add_(1e-3)
     assert model_fingerprint(model) != before
+
+
+def test_celeba_attribute_directions_command(checkpoint, tmp_path, capsys) -> None:
+    """CelebA layout with attributes: images are resized to the model, each attribute gets a direction."""
+    from test_data import write_png
+
+    names = [f"{i:06d}.jpg" for i in range(1, 21)]
+    for i, name in enumerate(names):
+        write_png(tmp_path / "celeba" / "img_align_celeba" / name, (20, 24), value=40 + 10 * i)
+    rows = "\n".join(f"{n} {'1' if i % 2 else '-1'} {'1' if i < 10 else '-1'}" for i, n in enumerate(names))
+    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(f"{len(names)}\nSmiling Male\n{rows}\n")
+    # A grayscale model on colour CelebA is refused; an RGB 8x8 model works.
+    code, _, err = run(capsys, "directions", checkpoint, "--dataset", "celeba", "--data-dir", tmp_path / "celeba")
+    assert code == 1 and "expects (1, 8, 8)" in err
+    torch.manual_seed(0)
+    model = Glow(tiny_config(image_shape=(3, 8, 8)))
+    from glowtorch import dequantize
+
+    model.initialize(dequantize(pixels(32, (3, 8, 8)), 8))
+    rgb = save_model(model, tmp_path / "rgb")
+    out = tmp_path / "celeba-directions.safetensors"
+    code, text, _ = run(capsys, "directions", rgb, "--dataset", "celeba", "--data-dir", tmp_path / "celeba", "-o", out)
+    assert code == 0 and "2 attribute directions" in text
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8), "RGB").save(face)
+    code, _, _ = run(capsys, "manipulate", rgb, face, "--direction", out, "--attribute", "Smiling",
+                     "-o", tmp_path / "smile.png")  # fmt: skip
+    assert code == 0 and Image.open(tmp_path / "smile.png").size == (5 * 10 + 2, 12)
