@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from importlib import resources
@@ -84,7 +85,7 @@ def float_list(text: str) -> list[float]:
 def ensure_writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".glowtorch-write-test"
+        probe = path / f".glowtorch-write-test-{os.getpid()}"  # per process: ranks check at once
         probe.write_text("")
         probe.unlink()
     except OSError as error:
