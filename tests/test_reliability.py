@@ -209,3 +209,20 @@ def test_non_finite_weights_are_never_saved(tmp_path) -> None:
     for path in checkpoint_paths(tmp_path / "run"):
         state = torch.load(path, weights_only=True)
         assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_learning_rate_schedule() -> None:
+    from glowtorch.train import learning_rate
+
+    constant = TrainConfig(lr=1e-3, warmup_steps=10, steps=100)
+    assert learning_rate(constant, 0) == pytest.approx(1e-4)
+    assert learning_rate(constant, 9) == pytest.approx(1e-3)
+    assert learning_rate(constant, 500) == pytest.approx(1e-3)
+    cosine = TrainConfig(lr=1e-3, warmup_steps=10, decay_steps=110, steps=200)
+    assert learning_rate(cosine, 9) == pytest.approx(1e-3)
+    assert learning_rate(cosine, 60) == pytest.approx(0.5e-3)
+    assert learning_rate(cosine, 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(cosine, 150) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(cosine, 60, scale=0.5) == pytest.approx(0.25e-3)
+    with pytest.raises(ValueError, match="decay_steps must exceed"):
+        TrainConfig(warmup_steps=10, decay_steps=5, steps=10)

@@ -123,7 +123,7 @@ def dataset_for(model_config: GlowConfig, args, train: bool):
 # --------------------------------------------------------------------------- commands
 MODEL_FLAGS = ("levels", "depth", "hidden_channels", "coupling", "permutation", "n_bits", "memory", "precision")
 TRAIN_FLAGS = (
-    "batch_size", "optimizer", "lr", "warmup_steps", "grad_clip", "ema_decay", "init_images", "weight_y",
+    "batch_size", "optimizer", "lr", "warmup_steps", "decay_steps", "grad_clip", "ema_decay", "init_images", "weight_y",
     "epochs", "steps", "max_minutes", "eval_every", "eval_draws", "seed", "keep_checkpoints",
 )  # fmt: skip
 
@@ -462,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["adam", "adamax"])
     t.add_argument("--lr", type=non_negative_float)
     t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--decay-steps", type=positive_int, help="cosine decay of the learning rate to 0 at this step")
     t.add_argument("--grad-clip", type=non_negative_float)
     t.add_argument("--ema-decay", type=non_negative_float)
     t.add_argument("--init-images", type=positive_int)

@@ -53,6 +53,8 @@ class TrainConfig:
         batch_size: images per optimizer step (global, over all processes).
         optimizer: "adamax" (reference code) or "adam".
         lr: peak learning rate, reached linearly over ``warmup_steps``.
+        decay_steps: when set, the learning rate decays from ``lr`` to 0 along a cosine between
+            ``warmup_steps`` and ``decay_steps`` (default: constant after warmup).
         grad_clip: maximum gradient norm (0 disables clipping).
         ema_decay: Polyak averaging of the weights used for evaluation and sampling (0 disables).
         init_images: images used for ActNorm's data-dependent initialization.
@@ -70,6 +72,7 @@ class TrainConfig:
     optimizer: str = "adamax"
     lr: float = 1e-3
     warmup_steps: int = 500
+    decay_steps: int | None = None
     grad_clip: float = 50.0
     ema_decay: float = 0.999
     init_images: int = 512
@@ -94,6 +97,7 @@ class TrainConfig:
             (self.optimizer in ("adam", "adamax"), "optimizer must be adam or adamax"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.decay_steps is None or self.decay_steps > self.warmup_steps, "decay_steps must exceed warmup_steps"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.init_images >= 1, "init_images must be >= 1"),
@@ -137,9 +141,14 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> Tensor:
 
 
 def learning_rate(config: TrainConfig, step: int, scale: float = 1.0) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then constant (reference code), times ``scale``."""
+    """Linear warmup to ``lr`` over ``warmup_steps``, then constant (reference code) or, with
+    ``decay_steps``, a cosine decay to 0 at step ``decay_steps``; times ``scale`` (after rollbacks)."""
     warmup = 1.0 if config.warmup_steps == 0 else min(1.0, (step + 1) / config.warmup_steps)
-    return config.lr * warmup * scale
+    decay = 1.0
+    if config.decay_steps:
+        progress = (step - config.warmup_steps) / max(1, config.decay_steps - config.warmup_steps)
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    return config.lr * warmup * decay * scale
 
 
 class TrainingObjective(nn.Module):
