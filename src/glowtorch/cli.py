@@ -95,6 +95,16 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+def _load(checkpoint: str, args):
+    """The model of a checkpoint (model or run directory) on ``args.device``."""
+    return load_model(resolve_checkpoint(checkpoint), device=args.device)
+
+
+def _per_level(tensors: dict) -> list:
+    """``z0, z1, ...`` of a latent or direction file, finest level first."""
+    return [tensors[f"z{i}"] for i in range(sum(k.startswith("z") for k in tensors))]
+
+
 def resolve_checkpoint(path: str) -> Path:
     """A model directory (config.json + model.safetensors) or a run directory holding ``model/``."""
     p = Path(path)
@@ -190,7 +200,7 @@ def _train(args, dist) -> int:
 def cmd_evaluate(args) -> int:
     from .train import evaluate_bits_per_dim
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     data = dataset_for(model.config, args, train=args.split == "train")
     result = evaluate_bits_per_dim(
         model, data, args.batch_size, args.draws, seed=args.seed, progress=not args.no_progress
@@ -208,21 +218,10 @@ def cmd_sample(args) -> int:
     from .images import save_grid
     from .preprocess import to_uint8
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     temperature = args.temperature[0] if len(args.temperature) == 1 else args.temperature
-    y = None
-    if model.config.num_classes:
-        if args.label is not None and not 0 <= args.label < model.config.num_classes:
-            raise UsageError(f"--label must be in 0..{model.config.num_classes - 1}, got {args.label}")
-        y = (
-            torch.full((args.n,), args.label)
-            if args.label is not None
-            else torch.arange(args.n) % model.config.num_classes
-        )
-    elif args.label is not None:
-        raise UsageError("--label needs a class-conditional model (trained with --conditional)")
-    output = Path(args.output)
-    ensure_writable_dir(output.parent)
+    y = _labels(model, args.label, args.n)
+    output = _output(args.output)
     x = model.sample(args.n, temperature, y=y, generator=torch.Generator().manual_seed(args.seed))
     save_grid(to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits), output, columns=args.columns, scale=args.scale)
     print(f"wrote {args.n} samples at temperature {args.temperature} to {output}")
@@ -286,9 +285,9 @@ def cmd_decode(args) -> int:
     checkpoint = args.checkpoint or metadata.get("checkpoint")
     if not checkpoint:
         raise UsageError(f"{args.latents} names no checkpoint; pass --checkpoint")
-    model = load_model(resolve_checkpoint(checkpoint), device=args.device)
+    model = _load(checkpoint, args)
     _check_fingerprint(model, metadata, args.latents, "latents")
-    zs = [tensors[f"z{i}"] for i in range(sum(k.startswith("z") for k in tensors))]
+    zs = _per_level(tensors)
     images = decode_images(model, zs, tensors.get("y"))
     names = json.loads(metadata.get("files", "[]")) or [f"image_{i:04d}" for i in range(len(images))]
     out = ensure_writable_dir(Path(args.output))
@@ -302,7 +301,7 @@ def cmd_temperatures(args) -> int:
     from .images import save_grid
     from .latent import temperature_grid
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     output = _output(args.output)
     generator = torch.Generator(device=model.top_prior.device).manual_seed(args.seed)
     grid = temperature_grid(model, args.temperatures, args.n, generator, y=_labels(model, args.label, args.n))
@@ -316,7 +315,7 @@ def cmd_interpolate(args) -> int:
     from .images import save_gif, save_grid
     from .latent import interpolate
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     images = read_image_files([args.image_a, args.image_b], model.config.image_shape)
     output = _output(args.output)
     y = _labels(model, args.label, 1)
@@ -333,7 +332,7 @@ def cmd_interpolate(args) -> int:
 def cmd_directions(args) -> int:
     from .latent import attribute_directions, model_fingerprint, save_latents
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     data = dataset_for(model.config, args, train=True)
     names, table = data.attribute_table()
     if args.limit:
@@ -358,14 +357,14 @@ def cmd_manipulate(args) -> int:
     from .images import save_grid
     from .latent import load_latents, manipulate
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     tensors, metadata = load_latents(args.direction)
     _check_fingerprint(model, metadata, args.direction, "directions")
     attributes = json.loads(metadata["attributes"])
     if args.attribute not in attributes:
         raise UsageError(f"unknown attribute {args.attribute!r}; {args.direction} has: {', '.join(attributes)}")
     index = attributes.index(args.attribute)
-    direction = [tensors[f"z{i}"][index] for i in range(sum(k.startswith("z") for k in tensors))]
+    direction = [z[index] for z in _per_level(tensors)]
     image = read_image_files([args.image], model.config.image_shape)[0]
     output = _output(args.output)
     frames = manipulate(model, image, direction, args.scales, _labels(model, args.label, 1))
@@ -380,7 +379,7 @@ def cmd_score(args) -> int:
     from .latent import score_images
     from .plots import plot_score_histogram
 
-    model = load_model(resolve_checkpoint(args.checkpoint), device=args.device)
+    model = _load(args.checkpoint, args)
     scores = {}
     names = [spec.partition("=")[0] for spec in args.dataset]
     for spec in args.dataset:
