@@ -271,6 +271,12 @@ def load_svhn(data_dir: Path | None, train: bool) -> Dataset:
     return Dataset(torch.from_numpy(images), torch.from_numpy(labels), [str(i) for i in range(10)])
 
 
+def _chw(array: np.ndarray) -> Tensor:
+    """A decoded ``(H, W)`` or ``(H, W, C)`` uint8 image as a ``(C, H, W)`` tensor."""
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+
+
 def _read_image(path: Path, channels: int, size: int | None) -> Tensor | None:
     from PIL import Image, UnidentifiedImageError
 
@@ -280,8 +286,7 @@ def _read_image(path: Path, channels: int, size: int | None) -> Tensor | None:
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError):
         return None
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+    tensor = _chw(array)
     return resize_images(tensor.unsqueeze(0), size)[0] if size else tensor
 
 
@@ -318,8 +323,7 @@ def read_image_files(paths: list[str | Path], image_shape: tuple[int, int, int])
                 array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as error:
             raise DataError(f"{path} is not a readable image ({error})") from None
-        tensor = torch.from_numpy(array.copy())
-        images.append(tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1))
+        images.append(_chw(array))
     if not images:
         raise DataError("no images given")
     return torch.stack(images)
