@@ -169,6 +169,8 @@ def _train(args, dist) -> int:
     model_values.update({k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None})
     if args.no_learn_top:
         model_values["learn_top"] = False
+    if args.no_channels_last:
+        model_values["channels_last"] = False
     if args.conditional:
         if train_data.labels is None:
             raise UsageError(f"--conditional needs labels, and the {dataset} dataset has none")
@@ -178,6 +180,8 @@ def _train(args, dist) -> int:
     train_values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.flip:
         train_values["flip"] = True
+    if args.compile is not None:
+        train_values["compile"] = args.compile
     if args.temperatures:
         train_values["temperatures"] = args.temperatures
     if not any(train_values.get(k) for k in ("epochs", "steps", "max_minutes")):
@@ -456,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--memory", choices=["standard", "checkpoint", "reversible"],
                    help="reversible: keep no activations of the flow steps (memory flat in depth)")  # fmt: skip
     t.add_argument("--precision", choices=["float32", "bfloat16"], help="bfloat16 coupling networks (autocast)")
+    t.add_argument("--no-channels-last", action="store_true", help="compute in NCHW instead of NHWC memory order")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step")
     t.add_argument("--conditional", action="store_true", help="class-conditional model from the dataset's labels")
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--optimizer", choices=["adam", "adamax"])

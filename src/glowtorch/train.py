@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ class TrainConfig:
         temperatures, samples_per_row: the sample grid's rows and columns.
         keep_checkpoints: how many training-state files to keep.
         max_bad_steps: consecutive non-finite steps before training stops.
+        compile: run the training step through ``torch.compile`` (about a minute of compilation
+            first; on CPU it needs a C++ compiler). Evaluation and sampling stay eager.
     """
 
     batch_size: int = 64
@@ -89,6 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_bad_steps: int = 20
     seed: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
@@ -326,6 +330,8 @@ class Trainer:
                 f"--batch-size ({config.batch_size}) and --init-images ({config.init_images}) must divide by the "
                 f"number of processes ({self.dist.world_size})"
             )
+        if config.compile and not self.dist.device.startswith("cuda") and not shutil.which("g++"):
+            raise ValueError("--compile on CPU needs a C++ compiler (g++): install one, or train without --compile")
         if model_config.precision == "bfloat16" and self.dist.device.startswith("cuda"):
             if not torch.cuda.is_bf16_supported():
                 raise ValueError("this GPU cannot compute in bfloat16: use --precision float32")
@@ -535,6 +541,8 @@ class Trainer:
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             loss_fn = DistributedDataParallel(self.objective, device_ids=device_ids)
+        if config.compile:
+            loss_fn = torch.compile(loss_fn)
         eval_every = config.eval_every or self.steps_per_epoch
         limits = [s for s in (config.steps, config.epochs and config.epochs * self.steps_per_epoch) if s]
         max_steps = min(limits) if limits else None
