@@ -166,3 +166,13 @@ def test_unwritable_output_directory(tmp_path, capsys) -> None:
     blocker.write_text("")
     code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "1", "--out", blocker / "run")
     assert code == 1 and "cannot write" in err and one_line_error(err)
+
+
+def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
+    import glowtorch.train
+
+    monkeypatch.setattr(glowtorch.train.shutil, "which", lambda name: None)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "1", "--compile", "--out", out, *TINY)
+    assert code == 1 and one_line_error(err) and "C++ compiler" in err
+    assert not (out / "checkpoints").exists()

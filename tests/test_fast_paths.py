@@ -76,3 +76,82 @@ def test_runtime_fields_do_not_change_the_architecture() -> None:
         dataclasses.replace(a, memory="offload")
     with pytest.raises(ValueError, match="precision must be one of"):
         dataclasses.replace(a, precision="float16")
+
+
+PLAIN = dict(channels_last=False, fold_actnorm=False)
+LAYOUTS = [
+    dict(channels_last=True, fold_actnorm=False),
+    dict(channels_last=False, fold_actnorm=True),
+    {f: getattr(GlowConfig, f) for f in PLAIN},  # the defaults a user gets
+]
+
+
+VARIANTS = [dict(), dict(coupling="additive", permutation="invconv"), dict(memory="reversible")]
+
+
+@pytest.mark.parametrize("fast", LAYOUTS, ids=["channels_last", "fold_actnorm", "defaults"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_layouts_match_the_plain_path_float64(fast: dict, variant: dict) -> None:
+    model = random_model(scale=0.1, depth=2, **variant, **PLAIN)
+    other = with_config(model, **fast)
+    assert other.config != model.config
+    x = images(4)
+    loss, grads, x_grad = gradients(model, x)
+    loss_f, grads_f, x_grad_f = gradients(other, x)
+    assert_close(loss_f, loss, atol=0, rtol=1e-12)
+    for name in grads:
+        assert_close(grads_f[name], grads[name], rtol=1e-9, atol=1e-12, msg=name)
+    assert_close(x_grad_f, x_grad, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        zs, logdet = other.encode(x)
+        zs_plain, logdet_plain = model.encode(x)
+        for z, z_plain in zip(zs, zs_plain, strict=True):
+            assert_close(z, z_plain, rtol=1e-12, atol=1e-12)
+        assert_close(logdet, logdet_plain, rtol=1e-12, atol=1e-10)
+        assert_close(other.decode(zs), x, atol=1e-10, rtol=0)
+        assert_close(other.decode(zs_plain), model.decode(zs_plain), atol=1e-12, rtol=0)
+
+
+def test_folded_step_logdet_is_the_jacobian_float64() -> None:
+    """The folded ActNorm + 1x1 convolution + coupling step against the autograd Jacobian."""
+    model = random_model(scale=0.3, depth=1, channels_last=False)
+    step = model.levels[0].layers[0]
+    assert step._foldable()
+    x = images(1, shape=(8, 2, 2))
+    jacobian = torch.autograd.functional.jacobian(lambda v: step(v)[0], x).reshape(x.numel(), x.numel())
+    assert_close(step(x)[1], torch.linalg.slogdet(jacobian)[1].view(1), rtol=1e-10, atol=1e-10)
+    assert_close(step.inverse(step(x)[0])[0], x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_initialization_is_the_same_with_or_without_folding(fold: bool) -> None:
+    torch.manual_seed(0)
+    config = dict(image_shape=(2, 4, 4), levels=2, depth=2, hidden_channels=8)
+    x = images(16)
+    plain = Glow(GlowConfig(**config, **PLAIN)).double()
+    fast = Glow(GlowConfig(**config, fold_actnorm=fold)).double()
+    fast.load_state_dict(plain.state_dict())
+    plain.initialize(x)
+    fast.initialize(x)
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
+        assert_close(b, a, rtol=1e-12, atol=1e-12, msg=name)
+    assert any(not torch.equal(a, torch.zeros_like(a)) for n, a in plain.state_dict().items() if "norm_in.bias" in n)
+
+
+def test_compiled_training_loss_and_decoder_match_eager() -> None:
+    """``TrainConfig.compile`` compiles the loss module; ``compile_decode`` the sampler. Same numbers."""
+    torch.manual_seed(0)
+    model = random_model(scale=0.05, depth=2).float()
+    x = images(8, dtype=torch.float32)
+    loss, grads, _ = gradients(model, x)
+    model.zero_grad(set_to_none=True)
+    compiled_loss, _ = torch.compile(TrainingObjective(model))(x)
+    compiled_loss.backward()
+    assert_close(compiled_loss.detach(), loss, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        if name in grads:
+            assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    eager = model.sample(6, 0.7, generator=torch.Generator().manual_seed(1))
+    compiled = model.compile_decode().sample(6, 0.7, generator=torch.Generator().manual_seed(1))
+    assert model._compiled_decode is not None
+    assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

@@ -226,6 +226,8 @@ def cmd_sample(args) -> int:
     temperature = args.temperature[0] if len(args.temperature) == 1 else args.temperature
     y = _labels(model, args.label, args.n)
     output = _output(args.output)
+    if args.compile:
+        model.compile_decode()
     x = model.sample(args.n, temperature, y=y, generator=torch.Generator().manual_seed(args.seed))
     save_grid(to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits), output, columns=args.columns, scale=args.scale)
     print(f"wrote {args.n} samples at temperature {args.temperature} to {output}")
@@ -507,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", "-o", default="samples.png")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--compile", action="store_true", help="torch.compile the decoder (pays off for large --n)")
     s.set_defaults(func=cmd_sample)
 
     en = sub.add_parser("encode", help="images to latents (exact; no dequantization noise)")

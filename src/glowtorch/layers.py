@@ -228,8 +228,25 @@ class ZeroConv2d(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.log_scale_factor = log_scale_factor
 
+        self.fold: bool = True  # set by the model: one convolution with pre-scaled weights
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x) * torch.exp(self.log_scale * self.log_scale_factor)
+        scale = torch.exp(self.log_scale * self.log_scale_factor)
+        if not self.fold:
+            return self.conv(x) * scale
+        # (W * x + c) * e = (W e) * x + c e
+        return F.conv2d(x, self.conv.weight * scale.view(-1, 1, 1, 1), self.conv.bias * scale.flatten(), padding=1)
+
+
+def conv_actnorm(conv: nn.Conv2d, actnorm: ActNorm, x: Tensor, fold: bool) -> Tensor:
+    """``actnorm(conv(x))`` for a bias-free ``conv``; with ``fold`` as one convolution whose weights
+    and bias carry the ActNorm: ``(W * x + b) e^s = (W e^s) * x + b e^s`` (same values, fewer passes
+    over the activations). ActNorm's data-dependent initialization always takes the unfolded path."""
+    if not fold or actnorm.initialize_next:
+        return actnorm(conv(x))[0]
+    scale = torch.exp(actnorm.log_scale).flatten()
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, actnorm.bias.flatten() * scale, padding=conv.padding)
 
 
 class CouplingNetwork(nn.Module):
@@ -250,9 +267,11 @@ class CouplingNetwork(nn.Module):
             nn.init.normal_(conv.weight, 0.0, 0.05)
         self.conv_out = ZeroConv2d(hidden_channels, out_channels)
 
+        self.fold: bool = True  # set by the model: ActNorms folded into the convolutions before them
+
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.norm_in(self.conv_in(x))[0])
-        h = F.relu(self.norm_hidden(self.conv_hidden(h))[0])
+        h = F.relu(conv_actnorm(self.conv_in, self.norm_in, x, self.fold))
+        h = F.relu(conv_actnorm(self.conv_hidden, self.norm_hidden, h, self.fold))
         return self.conv_out(h)
 
 
@@ -373,6 +392,35 @@ class FlowStep(FlowSequence):
                 COUPLINGS[coupling](channels, hidden_channels),
             ]
         )
+
+        self.fold: bool = True  # set by the model: ActNorm folded into a 1x1 convolution that follows it
+
+    def _foldable(self) -> bool:
+        conv = isinstance(self.layers[1], (InvertibleConv1x1, InvertibleConv1x1LU))
+        return self.fold and conv and not self.actnorm.initialize_next
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """With ``fold``, ActNorm and the 1x1 convolution run as one convolution:
+        ``W ((x + b) e^s) = (W diag(e^s)) x + W diag(e^s) b``; logdets add as before."""
+        if not self._foldable():
+            return super().forward(x)
+        actnorm, conv, coupling = self.layers
+        weight = conv.weight_matrix() * torch.exp(actnorm.log_scale).view(1, -1)
+        h = F.conv2d(x, weight[:, :, None, None], weight @ actnorm.bias.flatten())
+        logdet = x.shape[2] * x.shape[3] * (actnorm.log_scale.sum() + conv.log_abs_det())
+        y, coupling_logdet = coupling(h)
+        return y, logdet + coupling_logdet
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """With ``fold``: ``x = diag(e^-s) W^-1 h - b``, one convolution with bias."""
+        if not self._foldable():
+            return super().inverse(y)
+        actnorm, conv, coupling = self.layers
+        h, coupling_logdet = coupling.inverse(y)
+        weight = conv.inverse_matrix() * torch.exp(-actnorm.log_scale).view(-1, 1)
+        x = F.conv2d(h, weight[:, :, None, None], -actnorm.bias.flatten())
+        logdet = -h.shape[2] * h.shape[3] * (actnorm.log_scale.sum() + conv.log_abs_det())
+        return x, coupling_logdet + logdet
 
     @property
     def actnorm(self) -> ActNorm:

@@ -50,6 +50,8 @@ class GlowConfig:
             1x1 convolutions, logdets and priors stay in the model's dtype.
         channels_last: keep convolution weights and activations in NHWC memory order (faster
             convolutions on CPU, measured by ``benchmarks/bench_speed.py``). Results are the same.
+        fold_actnorm: run each ActNorm together with the convolution next to it as one convolution
+            (same function, fewer passes over the activations).
     """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -64,8 +66,10 @@ class GlowConfig:
     memory: str = "standard"
     precision: str = "float32"
     channels_last: bool = True
+    fold_actnorm: bool = True
 
-    RUNTIME_FIELDS = ("memory", "precision", "channels_last")  # how to compute, not what: free to change between runs
+    # How to compute, not what: free to change between runs.
+    RUNTIME_FIELDS = ("memory", "precision", "channels_last", "fold_actnorm")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
@@ -144,8 +148,11 @@ class Glow(nn.Module):
         for module in self.modules():
             if hasattr(module, "autocast_dtype"):
                 module.autocast_dtype = PRECISIONS[config.precision]
+            if hasattr(module, "fold"):
+                module.fold = config.fold_actnorm
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
+        self._compiled_decode = None
         # Top prior: (mean, log_std) interleaved on the channel axis, zero at init = standard normal.
         self.top_prior = nn.Parameter(torch.zeros(1, 2 * channels, height, width), requires_grad=config.learn_top)
         if config.num_classes > 0:
@@ -305,6 +312,15 @@ class Glow(nn.Module):
         """Latents (finest first, as ``encode`` returns them) to images ``(B, C, H, W)``."""
         self._check_latents(zs)
         self._require_initialized()
+        return (self._compiled_decode or self._decode)(list(zs))
+
+    def compile_decode(self, **options) -> Glow:
+        """Runs ``decode`` (and so ``sample``) through ``torch.compile(**options)`` from now on; the
+        first call compiles. Training compiles the loss instead (``TrainConfig.compile``)."""
+        self._compiled_decode = torch.compile(self._decode, **options)
+        return self
+
+    def _decode(self, zs: list[Tensor]) -> Tensor:
         h = self._layout(zs[-1])
         for level in reversed(range(len(self.levels))):
             if level < len(self.splits):
