@@ -1,7 +1,10 @@
 """Training and sampling speed and peak memory of Glow in each memory mode and precision.
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss on CPU, or
-torch.cuda.max_memory_allocated on a GPU) is its own. "plain" is eager float32 with standard backprop.
+torch.cuda.max_memory_allocated on a GPU) is its own. "saved act." is what autograd keeps for
+backward after one forward (parameters excluded). "plain" is the straightforward implementation
+(eager float32, NCHW, ActNorm as its own pass, standard backprop); "fast" is what GlowConfig's
+defaults give; the others change one thing from "fast".
 
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
@@ -25,12 +28,37 @@ CONFIGS = {
     "C32": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
     "paper": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
 }
+PLAIN = dict(memory="standard", precision="float32", channels_last=False, fold_actnorm=False)
 VARIANTS = {
-    "plain": dict(memory="standard", precision="float32"),
-    "checkpoint": dict(memory="checkpoint", precision="float32"),
+    # The straightforward implementation: eager float32, NCHW, ActNorm as its own pass, standard backprop.
+    "plain": dict(PLAIN),
+    # What a user gets by default: GlowConfig's defaults (channels-last, ActNorm folded), eager.
+    "fast": dict(memory="standard", precision="float32"),
+    "compile": dict(memory="standard", precision="float32", compile=True),
     "reversible": dict(memory="reversible", precision="float32"),
+    "checkpoint": dict(memory="checkpoint", precision="float32"),
     "bf16": dict(memory="standard", precision="bfloat16"),
 }
+
+
+def saved_activation_gib(objective, x, parameters) -> float:
+    """GiB of tensors autograd keeps for backward after one forward (storages counted once,
+    parameters excluded): the memory that grows with depth unless activations are recomputed."""
+    import torch
+
+    skip = {p.untyped_storage().data_ptr() for p in parameters}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = objective(x)
+    del loss
+    return sum(saved.values()) / 2**30
 
 
 def measure(spec: dict) -> dict:
@@ -44,13 +72,19 @@ def measure(spec: dict) -> dict:
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    config = GlowConfig(**spec["model"])
+    settings = dict(spec["model"])
+    compile_ = settings.pop("compile", False)
+    config = GlowConfig(**settings)
     model = Glow(config).to(device)
     batch = spec["batch"]
     x = (torch.rand(batch, *config.image_shape, device=device) - 0.5) * 0.9
     model.initialize(x)
     objective = TrainingObjective(model)
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    saved = saved_activation_gib(objective, x, model.parameters())
+    if compile_:
+        objective = torch.compile(objective)
+        model.compile_decode()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -86,6 +120,9 @@ def measure(spec: dict) -> dict:
         "step_s": train_time,
         "sample_images_per_s": batch / sample_time,
         "peak_gib": peak,
+        "saved_gib": saved,
+        "first_step_s": times[0],
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "loss_bpd": float(loss),
     }
 
@@ -104,7 +141,7 @@ def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="A,B,C", help="A, B, C (= C8 and C32 for memory), paper")
-    parser.add_argument("--variants", default="plain,reversible,checkpoint,bf16")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -117,16 +154,18 @@ def main() -> None:
     for name in args.configs.split(","):
         names += ["C8", "C32"] if name == "C" else [name]
     results: dict[tuple[str, str], dict] = {}
-    print(f"{'config':6s} {'variant':11s} {'train img/s':>11s} {'step s':>8s} {'sample img/s':>12s} {'peak GiB':>9s}")
+    header = f"{'config':6s} {'variant':10s} {'train img/s':>11s} {'step s':>7s} {'sample img/s':>12s} "
+    print(header + f"{'peak GiB':>8s} {'saved act. GiB':>14s} {'params M':>8s}")
     for name in names:
         variants = args.variants.split(",")
-        if name.startswith("C"):
-            variants = [v for v in variants if v in ("plain", "reversible", "checkpoint")]
+        if name.startswith("C"):  # the memory configs: memory modes only
+            variants = [v for v in variants if v in ("plain", "fast", "reversible", "checkpoint")]
         for variant in variants:
             r = run_one(name, variant, args.device, args.steps, args.warmup)
             results[(name, variant)] = r
-            line = f"{name:6s} {variant:11s} {r['train_images_per_s']:11.1f} {r['step_s']:8.2f} "
-            print(line + f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:9.2f}", flush=True)
+            line = f"{name:6s} {variant:10s} {r['train_images_per_s']:11.1f} {r['step_s']:7.2f} "
+            line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['saved_gib']:14.3f} {r['params_m']:8.1f}"
+            print(line, flush=True)
     print()
     for name in names:
         plain = results.get((name, "plain"))
@@ -139,13 +178,20 @@ def main() -> None:
                 print(
                     f"{name}: {variant} / plain: training x{speed:.2f}, sampling x{sampling:.2f}, memory x{memory:.2f}"
                 )
-    if ("C32", "reversible") in results and ("C8", "reversible") in results:
-        ratio = results[("C32", "reversible")]["peak_gib"] / results[("C8", "reversible")]["peak_gib"]
-        print(f"C: reversible peak memory, K=32 / K=8: x{ratio:.2f}")
-    if ("C32", "reversible") in results and ("C32", "plain") in results:
-        ratio = results[("C32", "reversible")]["peak_gib"] / results[("C32", "plain")]["peak_gib"]
-        step = results[("C32", "reversible")]["step_s"] / results[("C32", "plain")]["step_s"]
-        print(f"C: K=32 reversible / plain: peak memory x{ratio:.2f}, step time x{step:.2f}")
+    rev8, rev32 = results.get(("C8", "reversible")), results.get(("C32", "reversible"))
+    if rev8 and rev32:
+        print(
+            f"C: reversible K=32 / K=8: peak memory x{rev32['peak_gib'] / rev8['peak_gib']:.2f}, "
+            f"saved activations x{rev32['saved_gib'] / max(rev8['saved_gib'], 1e-9):.2f}, "
+            f"parameters x{rev32['params_m'] / rev8['params_m']:.2f}"
+        )
+    for baseline in ("plain", "fast"):
+        base = results.get(("C32", baseline))
+        if rev32 and base:
+            print(
+                f"C: K=32 reversible / {baseline}: peak memory x{rev32['peak_gib'] / base['peak_gib']:.2f}, "
+                f"step time x{rev32['step_s'] / base['step_s']:.2f}"
+            )
 
 
 if __name__ == "__main__":
