@@ -35,6 +35,8 @@ def bare_loop(
     batch = train_config.batch_size
     batches = [dequantize(images[i * batch : (i + 1) * batch], model_config.n_bits) for i in range(8)]
     objective = TrainingObjective(model)
+    if train_config.compile:  # as the training loop does; the warmup steps include the compilation
+        objective = torch.compile(objective)
     start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
@@ -77,7 +79,8 @@ def main() -> None:
     train_config = TrainConfig(**preset["train"])
     print(
         f"preset {args.preset}: image {data.image_shape}, L={model_config.levels} K={model_config.depth} "
-        f"width={model_config.hidden_channels}, batch {train_config.batch_size}, {torch.get_num_threads()} threads"
+        f"width={model_config.hidden_channels}, batch {train_config.batch_size}, compile {train_config.compile}, "
+        f"{torch.get_num_threads()} threads"
     )
     bare = bare_loop(model_config, train_config, data.images, args.warmup, args.steps)
     full = full_loop(model_config, train_config, data, args.warmup, args.steps)
