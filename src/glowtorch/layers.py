@@ -227,26 +227,27 @@ class ZeroConv2d(nn.Module):
         nn.init.zeros_(self.conv.bias)
         self.log_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.log_scale_factor = log_scale_factor
-
         self.fold: bool = True  # set by the model: one convolution with pre-scaled weights
 
     def forward(self, x: Tensor) -> Tensor:
         scale = torch.exp(self.log_scale * self.log_scale_factor)
         if not self.fold:
             return self.conv(x) * scale
-        # (W * x + c) * e = (W e) * x + c e
-        return F.conv2d(x, self.conv.weight * scale.view(-1, 1, 1, 1), self.conv.bias * scale.flatten(), padding=1)
+        return scaled_conv(self.conv, x, self.conv.bias, scale.flatten())
+
+
+def scaled_conv(conv: nn.Conv2d, x: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    """``(W * x + bias) * scale`` per output channel as one convolution, ``(W scale) * x + bias scale``
+    (``W``: ``conv``'s weights; ``bias``, ``scale``: ``(C_out,)``): same values, one pass over the output."""
+    return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias * scale, padding=conv.padding)
 
 
 def conv_actnorm(conv: nn.Conv2d, actnorm: ActNorm, x: Tensor, fold: bool) -> Tensor:
-    """``actnorm(conv(x))`` for a bias-free ``conv``; with ``fold`` as one convolution whose weights
-    and bias carry the ActNorm: ``(W * x + b) e^s = (W e^s) * x + b e^s`` (same values, fewer passes
-    over the activations). ActNorm's data-dependent initialization always takes the unfolded path."""
+    """``actnorm(conv(x))`` for a bias-free ``conv``; with ``fold`` one convolution carrying the ActNorm,
+    ``(W * x + b) e^s``. ActNorm's data-dependent initialization always takes the unfolded path."""
     if not fold or actnorm.initialize_next:
         return actnorm(conv(x))[0]
-    scale = torch.exp(actnorm.log_scale).flatten()
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return F.conv2d(x, weight, actnorm.bias.flatten() * scale, padding=conv.padding)
+    return scaled_conv(conv, x, actnorm.bias.flatten(), torch.exp(actnorm.log_scale).flatten())
 
 
 class CouplingNetwork(nn.Module):
@@ -266,7 +267,6 @@ class CouplingNetwork(nn.Module):
         for conv in (self.conv_in, self.conv_hidden):
             nn.init.normal_(conv.weight, 0.0, 0.05)
         self.conv_out = ZeroConv2d(hidden_channels, out_channels)
-
         self.fold: bool = True  # set by the model: ActNorms folded into the convolutions before them
 
     def forward(self, x: Tensor) -> Tensor:
@@ -392,7 +392,6 @@ class FlowStep(FlowSequence):
                 COUPLINGS[coupling](channels, hidden_channels),
             ]
         )
-
         self.fold: bool = True  # set by the model: ActNorm folded into a 1x1 convolution that follows it
 
     def _foldable(self) -> bool:
