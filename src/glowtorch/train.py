@@ -331,7 +331,7 @@ class Trainer:
                 f"number of processes ({self.dist.world_size})"
             )
         if config.compile and not self.dist.device.startswith("cuda") and not shutil.which("g++"):
-            raise ValueError("--compile on CPU needs a C++ compiler (g++): install one, or train without --compile")
+            raise ValueError("--compile on CPU needs a C++ compiler (g++): install one, or pass --no-compile")
         if model_config.precision == "bfloat16" and self.dist.device.startswith("cuda"):
             if not torch.cuda.is_bf16_supported():
                 raise ValueError("this GPU cannot compute in bfloat16: use --precision float32")
