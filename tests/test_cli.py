@@ -47,6 +47,7 @@ def test_evaluate_matches_training_metric(trained_run, capsys) -> None:
     code, out, _ = run(capsys, "evaluate", trained_run, "--dataset", "digits", "--no-progress")
     assert code == 0
     reported = float(out.split(":")[1].split()[0])
+    assert "per image: median" in out and "worst" in out
     last = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert reported == pytest.approx(last["test_bpd"], abs=1e-4)
     code, out2, _ = run(
@@ -121,7 +122,13 @@ def test_bad_input_gives_one_line_errors(trained_run, tmp_path, capsys) -> None:
 
 
 def test_invalid_flag_values_exit_2(capsys) -> None:
-    for argv in (["train", "--lr", "-1"], ["train", "--batch-size", "0"], ["sample", "x", "--temperature", "-0.5"]):
+    cases = (
+        ["train", "--lr", "-1"],
+        ["train", "--batch-size", "0"],
+        ["train", "--shift", "-1"],
+        ["sample", "x", "--temperature", "-0.5"],
+    )
+    for argv in cases:
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2

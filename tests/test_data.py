@@ -11,7 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from glowtorch.data import DataError, Dataset, load_dataset, random_flip, read_celeba_attributes, resize_images
+from glowtorch.data import (
+    DataError,
+    Dataset,
+    load_dataset,
+    random_flip,
+    random_shift,
+    read_celeba_attributes,
+    resize_images,
+)
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -176,6 +184,33 @@ def test_resize_and_flip() -> None:
     flipped = random_flip(images.repeat(20, 1, 1, 1), torch.Generator().manual_seed(0))
     n_flipped = sum(torch.equal(f, images[i % 2].flip(2)) for i, f in enumerate(flipped))
     assert 5 < n_flipped < 35
+
+
+def _translated(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` (C, H, W) with its content moved down by dy and right by dx, zeros moved in."""
+    out = torch.zeros_like(image)
+    height, width = image.shape[-2:]
+    out[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = image[
+        :, max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+    ]
+    return out
+
+
+def test_random_shift_translates_each_image_by_its_own_offset() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (200, 2, 7, 6), generator=generator, dtype=torch.uint8)
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(1))
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    offsets = set()
+    for image, out in zip(images, shifted, strict=True):
+        candidates = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+        matches = [(dy, dx) for dy, dx in candidates if torch.equal(out, _translated(image, dy, dx))]
+        assert len(matches) == 1, "every output is exactly one translation of its own input"
+        offsets.add(matches[0])
+    assert len(offsets) == 25, "all offsets in [-2, 2]^2 occur"
+    assert torch.equal(random_shift(images, 0), images)
+    again = random_shift(images, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(again, shifted), "the generator fixes the offsets"
 
 
 def test_dataset_validation() -> None:

@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from conftest import random_model
 from glowtorch import bits_per_dim, dequantize, nll_bits_per_dim, to_uint8
+from glowtorch.data import Dataset
+from glowtorch.train import evaluate_bits_per_dim, step_generator
 
 
 @pytest.mark.parametrize("n_bits", [1, 5, 8])
@@ -48,3 +51,20 @@ def test_bits_per_dim_averages_over_images() -> None:
     log_p = torch.tensor([0.0, -10 * math.log(2.0)])  # 0 and 10 extra bits over 10 dims
     assert_close(nll_bits_per_dim(log_p, 10, 8), torch.tensor([8.0, 9.0]))
     assert_close(bits_per_dim(log_p, 10, 8), torch.tensor(8.5))
+
+
+def test_evaluation_reports_median_and_worst_image() -> None:
+    """The exact mean, the median and the worst image equal those of per-image values computed directly."""
+    model = random_model(image_shape=(1, 4, 4), scale=0.1).eval()
+    generator = torch.Generator().manual_seed(0)
+    uint8 = torch.randint(100, 156, (9, 1, 4, 4), generator=generator, dtype=torch.uint8)  # mid-grey images
+    uint8[6] = torch.tensor([0, 255]).repeat(8).view(1, 4, 4)  # one high-contrast image, far less likely
+    result = evaluate_bits_per_dim(model, Dataset(uint8), batch_size=9, seed=5)
+    with torch.no_grad():
+        x = dequantize(uint8, 8, generator=step_generator(5, 0, stream=100)).double()
+        direct = nll_bits_per_dim(model.log_prob(x), 16, 8)
+    assert result["test_worst_image"] == 6 == int(direct.argmax())
+    assert result["test_bpd_max"] == pytest.approx(direct.max().item(), rel=1e-9)
+    assert result["test_bpd_median"] == pytest.approx(direct.median().item(), rel=1e-9)
+    assert result["test_bpd"] == pytest.approx(direct.mean().item(), rel=1e-9)
+    assert result["test_bpd"] > result["test_bpd_median"], "the outlier pulls the mean above the median"

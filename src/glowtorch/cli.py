@@ -44,14 +44,22 @@ def load_preset(name: str) -> dict:
 
 
 # --------------------------------------------------------------------------- argument types
-def positive_int(text: str) -> int:
+def _integer_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _integer_at_least(text, 0, "an integer >= 0")
 
 
 def non_negative_float(text: str) -> float:
@@ -134,7 +142,7 @@ def dataset_for(model_config: GlowConfig, args, train: bool):
 MODEL_FLAGS = ("levels", "depth", "hidden_channels", "coupling", "permutation", "n_bits", "memory", "precision")
 TRAIN_FLAGS = (
     "batch_size", "optimizer", "lr", "warmup_steps", "decay_steps", "grad_clip", "ema_decay", "init_images", "weight_y",
-    "epochs", "steps", "max_minutes", "eval_every", "eval_draws", "seed", "keep_checkpoints",
+    "shift", "epochs", "steps", "max_minutes", "eval_every", "eval_draws", "seed", "keep_checkpoints",
 )  # fmt: skip
 
 
@@ -215,6 +223,10 @@ def cmd_evaluate(args) -> int:
     if "test_accuracy" in result:
         line += f"; latent classifier accuracy {result['test_accuracy']:.4f}"
     print(line)
+    print(
+        f"per image: median {result['test_bpd_median']:.4f}, "
+        f"worst {result['test_bpd_max']:.4f} (image {result['test_worst_image']})"
+    )
     return 0
 
 
@@ -475,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-images", type=positive_int)
     t.add_argument("--weight-y", type=non_negative_float)
     t.add_argument("--flip", action="store_true", help="random horizontal flips")
+    t.add_argument("--shift", type=non_negative_int, help="random translations of up to N pixels (0: none)")
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--steps", type=positive_int)
     t.add_argument("--max-minutes", type=non_negative_float)

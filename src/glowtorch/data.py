@@ -110,6 +110,26 @@ def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Ten
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Translates each image of ``(B, C, H, W)`` by its own random whole-pixel offset.
+
+    Offsets are drawn uniformly from ``[-max_shift, max_shift]`` on each axis; pixels moved in from
+    outside the frame are 0 (black). ``max_shift=0`` returns ``images`` unchanged.
+    """
+    if max_shift == 0:
+        return images
+    s = max_shift
+    offsets = torch.randint(-s, s + 1, (images.shape[0], 2), generator=generator, device=images.device)
+    padded = F.pad(images, (s, s, s, s))
+    height, width = images.shape[-2:]
+    out = torch.empty_like(images)
+    for dy, dx in offsets.unique(dim=0).tolist():
+        chosen = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().flatten()
+        # content moves down/right by (dy, dx): output row r reads input row r - dy
+        out[chosen] = padded[chosen, :, s - dy : s - dy + height, s - dx : s - dx + width]
+    return out
+
+
 # --------------------------------------------------------------------------- downloads
 @dataclass(frozen=True)
 class RemoteFile:
