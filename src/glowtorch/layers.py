@@ -308,6 +308,15 @@ class AdditiveCoupling(_Coupling):
         x_b = y_b - self.network(y_a)
         return torch.cat([y_a, x_b], 1), y.new_zeros(y.shape[0])
 
+    def rebuild(self, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
+        """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
+        ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, logdet)."""
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
+        x_a = y_a.detach().requires_grad_(True)
+        shift = self.network(x_a)
+        x_b = (y_b - shift).detach().requires_grad_(True)
+        return (x_a, x_b), torch.cat([x_a, x_b + shift], 1), y.new_zeros(y.shape[0])
+
 
 class AffineCoupling(_Coupling):
     """``y_b = (x_b + shift) * scale`` with ``shift, h = NN(x_a)`` and ``scale = sigmoid(h + 2)``.
@@ -332,6 +341,16 @@ class AffineCoupling(_Coupling):
         shift, log_scale = self._shift_log_scale(y_a)
         x_b = y_b * torch.exp(-log_scale) - shift
         return torch.cat([y_a, x_b], 1), -log_scale.flatten(1).sum(1)
+
+    def rebuild(self, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
+        """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
+        ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, logdet)."""
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
+        x_a = y_a.detach().requires_grad_(True)
+        shift, log_scale = self._shift_log_scale(x_a)
+        x_b = (y_b * torch.exp(-log_scale) - shift).detach().requires_grad_(True)
+        y_b = (x_b + shift) * torch.exp(log_scale)
+        return (x_a, x_b), torch.cat([x_a, y_b], 1), log_scale.flatten(1).sum(1)
 
 
 class Squeeze(nn.Module):

@@ -2,9 +2,11 @@
 backpropagation, which keeps no activations of the flow steps at all.
 
 Reversible backprop (as in RevNets): the forward pass runs a level's K steps without recording a graph
-and keeps only the level's output. Backward walks the steps in reverse; for each it rebuilds the step's
-input from its output with ``inverse`` (exact, up to float rounding), recomputes that one step with a
-graph, and back-propagates through it. Peak memory no longer grows with K.
+and keeps only the level's output. Backward walks the layers in reverse; for each it rebuilds the
+layer's input from its output (exact, up to float rounding), recomputes that one layer with a graph,
+and back-propagates through it. A coupling does both with one evaluation of its network, as its
+conditioning half passes through unchanged; ActNorm and the 1x1 convolution, which are cheap, invert
+and recompute. Peak memory no longer grows with K.
 """
 
 from __future__ import annotations
@@ -43,23 +45,36 @@ class _ReversibleSequence(torch.autograd.Function):
             grad_logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         if grad_y is None:
             grad_y = torch.zeros_like(y)
-        for layer in reversed(sequence.layers):
-            with torch.no_grad():
-                x, _ = layer.inverse(y)
-            x = x.detach().requires_grad_(True)
+        for layer in reversed(_leaf_layers(sequence)):
             layer_params = [p for p in layer.parameters() if p.requires_grad]
             with torch.enable_grad():
-                y_again, logdet = layer(x)
+                if hasattr(layer, "rebuild"):
+                    inputs, y_again, logdet = layer.rebuild(y)
+                else:
+                    with torch.no_grad():
+                        x, _ = layer.inverse(y)
+                    inputs = (x.detach().requires_grad_(True),)
+                    y_again, logdet = layer(inputs[0])
+                pairs = [(out, g) for out, g in ((y_again, grad_y), (logdet, grad_logdet)) if out.requires_grad]
                 found = torch.autograd.grad(
-                    (y_again, logdet), [x, *layer_params], (grad_y, grad_logdet), allow_unused=True
+                    [out for out, _ in pairs], [*inputs, *layer_params], [g for _, g in pairs], allow_unused=True
                 )
-            grad_y = found[0]
-            for p, g in zip(layer_params, found[1:], strict=True):
+            n = len(inputs)
+            grad_y = found[0] if n == 1 else torch.cat(found[:n], 1)
+            for p, g in zip(layer_params, found[n:], strict=True):
                 if g is not None:
                     i = index[id(p)]
                     grads[i] = g if grads[i] is None else grads[i] + g
-            y = x.detach()
+            y = inputs[0].detach() if n == 1 else torch.cat([t.detach() for t in inputs], 1)
         return (grad_y, None, *grads)
+
+
+def _leaf_layers(sequence: FlowSequence) -> list:
+    """The invertible layers of ``sequence`` in order, nested sequences (flow steps) expanded."""
+    layers = []
+    for layer in sequence.layers:
+        layers += _leaf_layers(layer) if isinstance(layer, FlowSequence) else [layer]
+    return layers
 
 
 def _checkpointed(sequence: FlowSequence, x: Tensor) -> tuple[Tensor, Tensor]:
