@@ -1,10 +1,15 @@
 """Training and sampling speed and peak memory of Glow in each memory mode and precision.
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss on CPU, or
-torch.cuda.max_memory_allocated on a GPU) is its own. "saved act." is what autograd keeps for
-backward after one forward (parameters excluded). "plain" is the straightforward implementation
-(eager float32, NCHW, ActNorm as its own pass, standard backprop); "fast" is what GlowConfig's
-defaults give; the others change one thing from "fast".
+torch.cuda.max_memory_allocated on a GPU) is its own. "state" is parameters, gradients and optimizer
+state; "work" is the peak less that state and less the process's resident memory before the model was
+built (the interpreter and libraries): the activations and workspace of a step, the part that depth
+can make grow. "saved act." is what autograd keeps for backward after one forward (parameters
+excluded). GFLOP/s counts the model's useful work (the plain path's convolutions and matrix products
+per image, from torch.utils.flop_counter) at the measured speed; the first lines give the device's
+own float32 and bfloat16 convolution throughput, the ceiling for any variant. "plain" is the
+straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop);
+"fast" is what GlowConfig's defaults give; the others change one thing from "fast".
 
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
@@ -61,11 +66,54 @@ def saved_activation_gib(objective, x, parameters) -> float:
     return sum(saved.values()) / 2**30
 
 
+def model_flops(settings: dict) -> tuple[float, float]:
+    """FLOPs per image of one training step (forward + backward) and of sampling, plain path."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from glowtorch import Glow, GlowConfig
+    from glowtorch.train import TrainingObjective
+
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(**settings, **PLAIN))
+    x = (torch.rand(2, *model.config.image_shape) - 0.5) * 0.9
+    model.initialize(x)
+    with FlopCounterMode(display=False) as train:
+        loss, _ = TrainingObjective(model)(x)
+        loss.backward()
+    with FlopCounterMode(display=False) as sample, torch.no_grad():
+        model.sample(2, 0.7)
+    return train.get_total_flops() / 2, sample.get_total_flops() / 2
+
+
+def device_peak(device: str) -> dict[str, float]:
+    """GFLOP/s of a 3x3, 512-channel convolution (batch 16, 16x16, channels-last) in float32 and
+    bfloat16: the throughput the coupling networks' largest convolutions can reach on this device."""
+    import torch
+    import torch.nn.functional as F
+
+    result = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(16, 512, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(512, 512, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        times = []
+        for _ in range(12):
+            start = time.perf_counter()
+            F.conv2d(x, w, padding=1)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        result[str(dtype).removeprefix("torch.")] = 2 * 16 * 512 * 512 * 9 * 256 / min(times[2:]) / 1e9
+    return result
+
+
 def measure(spec: dict) -> dict:
     """Runs inside the subprocess: times training steps and sampling, reports peak memory."""
     import resource
 
     import torch
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if spec["device"] == "cpu" else 0.0
 
     from glowtorch import Glow, GlowConfig
     from glowtorch.train import TrainingObjective
@@ -106,6 +154,9 @@ def measure(spec: dict) -> dict:
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    state_gib = sum(t.numel() * t.element_size() for t in tensors) / 2**30
     # After the peak is read, so this extra forward cannot raise it; eager, as autograd keeps it.
     saved = saved_activation_gib(TrainingObjective(model), x, model.parameters())
     sample_times = []
@@ -121,6 +172,8 @@ def measure(spec: dict) -> dict:
         "step_s": train_time,
         "sample_images_per_s": batch / sample_time,
         "peak_gib": peak,
+        "state_gib": state_gib,
+        "work_gib": peak - state_gib - baseline,
         "saved_gib": saved,
         "first_step_s": times[0],
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -155,8 +208,20 @@ def main() -> None:
     for name in args.configs.split(","):
         names += ["C8", "C32"] if name == "C" else [name]
     results: dict[tuple[str, str], dict] = {}
-    header = f"{'config':6s} {'variant':10s} {'train img/s':>11s} {'step s':>7s} {'sample img/s':>12s} "
-    print(header + f"{'peak GiB':>8s} {'saved act. GiB':>14s} {'params M':>8s}")
+    peak = device_peak(args.device)
+    print(", ".join(f"{dtype} 3x3 conv: {value:.0f} GFLOP/s" for dtype, value in peak.items()))
+    flops = {}
+    for name in names:
+        settings = {k: v for k, v in CONFIGS[name].items() if k != "batch"}
+        flops[name] = model_flops(settings)
+        train_ceiling = peak["float32"] * 1e9 / flops[name][0]
+        sample_ceiling = peak["float32"] * 1e9 / flops[name][1]
+        print(
+            f"{name}: {flops[name][0] / 1e9:.3f} GFLOP per training image, {flops[name][1] / 1e9:.3f} per sample; "
+            f"at the float32 conv peak: {train_ceiling:.0f} train img/s, {sample_ceiling:.0f} sample img/s"
+        )
+    header = f"{'config':6s} {'variant':10s} {'train img/s':>11s} {'GFLOP/s':>7s} {'step s':>7s} {'sample img/s':>12s} "
+    print(header + f"{'peak GiB':>8s} {'state GiB':>9s} {'work GiB':>8s} {'saved act. GiB':>14s} {'params M':>8s}")
     for name in names:
         variants = args.variants.split(",")
         if name.startswith("C"):  # the memory configs: memory modes only
@@ -164,8 +229,10 @@ def main() -> None:
         for variant in variants:
             r = run_one(name, variant, args.device, args.steps, args.warmup)
             results[(name, variant)] = r
-            line = f"{name:6s} {variant:10s} {r['train_images_per_s']:11.1f} {r['step_s']:7.2f} "
-            line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['saved_gib']:14.3f} {r['params_m']:8.1f}"
+            gflops = r["train_images_per_s"] * flops[name][0] / 1e9
+            line = f"{name:6s} {variant:10s} {r['train_images_per_s']:11.1f} {gflops:7.0f} {r['step_s']:7.2f} "
+            line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['state_gib']:9.2f} {r['work_gib']:8.2f} "
+            line += f"{r['saved_gib']:14.3f} {r['params_m']:8.1f}"
             print(line, flush=True)
     print()
     for name in names:
@@ -183,6 +250,7 @@ def main() -> None:
     if rev8 and rev32:
         print(
             f"C: reversible K=32 / K=8: peak memory x{rev32['peak_gib'] / rev8['peak_gib']:.2f}, "
+            f"work (peak less state and baseline) x{rev32['work_gib'] / rev8['work_gib']:.2f}, "
             f"saved activations x{rev32['saved_gib'] / max(rev8['saved_gib'], 1e-9):.2f}, "
             f"parameters x{rev32['params_m'] / rev8['params_m']:.2f}"
         )
