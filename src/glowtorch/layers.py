@@ -270,8 +270,9 @@ class CouplingNetwork(nn.Module):
         self.fold: bool = True  # set by the model: ActNorms folded into the convolutions before them
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(conv_actnorm(self.conv_in, self.norm_in, x, self.fold))
-        h = F.relu(conv_actnorm(self.conv_hidden, self.norm_hidden, h, self.fold))
+        # In place: nothing keeps the pre-activation for backward (ReLU's backward uses its output).
+        h = F.relu_(conv_actnorm(self.conv_in, self.norm_in, x, self.fold))
+        h = F.relu_(conv_actnorm(self.conv_hidden, self.norm_hidden, h, self.fold))
         return self.conv_out(h)
 
 
