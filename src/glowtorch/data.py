@@ -119,15 +119,14 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | No
     if max_shift == 0:
         return images
     s = max_shift
-    offsets = torch.randint(-s, s + 1, (images.shape[0], 2), generator=generator, device=images.device)
-    padded = F.pad(images, (s, s, s, s))
-    height, width = images.shape[-2:]
-    out = torch.empty_like(images)
-    for dy, dx in offsets.unique(dim=0).tolist():
-        chosen = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().flatten()
-        # content moves down/right by (dy, dx): output row r reads input row r - dy
-        out[chosen] = padded[chosen, :, s - dy : s - dy + height, s - dx : s - dx + width]
-    return out
+    batch, _, height, width = images.shape
+    offsets = torch.randint(-s, s + 1, (batch, 2), generator=generator, device=images.device)
+    padded = F.pad(images, (s, s, s, s)).permute(0, 2, 3, 1)  # (B, H + 2s, W + 2s, C)
+    # content moves down/right by (dy, dx): output row r reads padded row r - dy + s
+    rows = torch.arange(height, device=images.device) - offsets[:, :1] + s  # (B, H)
+    cols = torch.arange(width, device=images.device) - offsets[:, 1:] + s  # (B, W)
+    index = torch.arange(batch, device=images.device)[:, None, None]
+    return padded[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------- downloads
