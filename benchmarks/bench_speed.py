@@ -1,6 +1,7 @@
 """Training and sampling speed and peak memory of Glow in each memory mode and precision.
 
-Each measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss on CPU, or
+Step and sampling times are medians over the timed repetitions. Each measurement runs in a
+fresh subprocess, so its peak resident memory (ru_maxrss on CPU, or
 torch.cuda.max_memory_allocated on a GPU) is its own. "state" is parameters, gradients and optimizer
 state; "work" is the peak less that state and less the process's resident memory before the model was
 built (the interpreter and libraries): the activations and workspace of a step, the part that depth
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -148,7 +150,7 @@ def measure(spec: dict) -> dict:
         optimizer.step()
         sync()
         times.append(time.perf_counter() - start)
-    train_time = sum(times[spec["warmup"] :]) / spec["steps"]
+    train_time = statistics.median(times[spec["warmup"] :])  # robust to a stray slow step
     peak = (
         torch.cuda.max_memory_allocated() / 2**30
         if device.type == "cuda"
@@ -159,22 +161,25 @@ def measure(spec: dict) -> dict:
     state_gib = sum(t.numel() * t.element_size() for t in tensors) / 2**30
     # After the peak is read, so this extra forward cannot raise it; eager, as autograd keeps it.
     saved = saved_activation_gib(TrainingObjective(model), x, model.parameters())
+    train_flops, sample_flops = model_flops(spec["architecture"])
     sample_times = []
     with torch.inference_mode():
-        for _ in range(1 + max(1, spec["steps"] // 2)):
+        for _ in range(1 + max(5, spec["steps"])):
             start = time.perf_counter()
             model.sample(batch, 0.7, generator=torch.Generator(device=device).manual_seed(0))
             sync()
             sample_times.append(time.perf_counter() - start)
-    sample_time = sum(sample_times[1:]) / (len(sample_times) - 1)
+    sample_time = statistics.median(sample_times[1:])
     return {
         "train_images_per_s": batch / train_time,
         "step_s": train_time,
         "sample_images_per_s": batch / sample_time,
         "peak_gib": peak,
         "state_gib": state_gib,
-        "work_gib": peak - state_gib - baseline,
+        "work_gib": max(0.0, peak - state_gib - baseline),  # resident-set noise can make it slightly negative
         "saved_gib": saved,
+        "train_gflop": train_flops / 1e9,
+        "sample_gflop": sample_flops / 1e9,
         "first_step_s": times[0],
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "loss_bpd": float(loss),
@@ -185,7 +190,8 @@ def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int
     settings = dict(CONFIGS[config_name])
     batch = settings.pop("batch")
     model = {**settings, **VARIANTS[variant]}
-    spec = {"model": model, "batch": batch, "device": device, "steps": steps, "warmup": warmup}
+    spec = {"model": model, "architecture": settings, "batch": batch, "device": device, "steps": steps}
+    spec["warmup"] = warmup
     out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{config_name}/{variant} failed:\n{out.stderr[-3000:]}")
@@ -208,18 +214,6 @@ def main() -> None:
     for name in args.configs.split(","):
         names += ["C8", "C32"] if name == "C" else [name]
     results: dict[tuple[str, str], dict] = {}
-    peak = device_peak(args.device)
-    print(", ".join(f"{dtype} 3x3 conv: {value:.0f} GFLOP/s" for dtype, value in peak.items()))
-    flops = {}
-    for name in names:
-        settings = {k: v for k, v in CONFIGS[name].items() if k != "batch"}
-        flops[name] = model_flops(settings)
-        train_ceiling = peak["float32"] * 1e9 / flops[name][0]
-        sample_ceiling = peak["float32"] * 1e9 / flops[name][1]
-        print(
-            f"{name}: {flops[name][0] / 1e9:.3f} GFLOP per training image, {flops[name][1] / 1e9:.3f} per sample; "
-            f"at the float32 conv peak: {train_ceiling:.0f} train img/s, {sample_ceiling:.0f} sample img/s"
-        )
     header = f"{'config':6s} {'variant':10s} {'train img/s':>11s} {'GFLOP/s':>7s} {'step s':>7s} {'sample img/s':>12s} "
     print(header + f"{'peak GiB':>8s} {'state GiB':>9s} {'work GiB':>8s} {'saved act. GiB':>14s} {'params M':>8s}")
     for name in names:
@@ -229,11 +223,22 @@ def main() -> None:
         for variant in variants:
             r = run_one(name, variant, args.device, args.steps, args.warmup)
             results[(name, variant)] = r
-            gflops = r["train_images_per_s"] * flops[name][0] / 1e9
+            gflops = r["train_images_per_s"] * r["train_gflop"]
             line = f"{name:6s} {variant:10s} {r['train_images_per_s']:11.1f} {gflops:7.0f} {r['step_s']:7.2f} "
             line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['state_gib']:9.2f} {r['work_gib']:8.2f} "
             line += f"{r['saved_gib']:14.3f} {r['params_m']:8.1f}"
             print(line, flush=True)
+    print()
+    # Measured last: ru_maxrss carries over from parent to child, so this process stays small until then.
+    peak = device_peak(args.device)
+    print(", ".join(f"{dtype} 3x3 conv: {value:.0f} GFLOP/s" for dtype, value in peak.items()))
+    for name in names:
+        r = next(r for (n, _), r in results.items() if n == name)
+        print(
+            f"{name}: {r['train_gflop']:.3f} GFLOP per training image, {r['sample_gflop']:.3f} per sample; "
+            f"at the float32 conv peak: {peak['float32'] / r['train_gflop']:.0f} train img/s, "
+            f"{peak['float32'] / r['sample_gflop']:.0f} sample img/s"
+        )
     print()
     for name in names:
         plain = results.get((name, "plain"))
@@ -250,7 +255,7 @@ def main() -> None:
     if rev8 and rev32:
         print(
             f"C: reversible K=32 / K=8: peak memory x{rev32['peak_gib'] / rev8['peak_gib']:.2f}, "
-            f"work (peak less state and baseline) x{rev32['work_gib'] / rev8['work_gib']:.2f}, "
+            f"work (peak less state and baseline) {rev8['work_gib']:.2f} -> {rev32['work_gib']:.2f} GiB, "
             f"saved activations x{rev32['saved_gib'] / max(rev8['saved_gib'], 1e-9):.2f}, "
             f"parameters x{rev32['params_m'] / rev8['params_m']:.2f}"
         )
