@@ -10,7 +10,8 @@ excluded). GFLOP/s counts the model's useful work (the plain path's convolutions
 per image, from torch.utils.flop_counter) at the measured speed; the first lines give the device's
 own float32 and bfloat16 convolution throughput, the ceiling for any variant. "plain" is the
 straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop);
-"fast" is what GlowConfig's defaults give; the others change one thing from "fast".
+"fast" is what GlowConfig's defaults and the glowtorch command give (including
+glowtorch.keep_freed_memory); the others change one thing from "fast".
 
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
@@ -116,6 +117,10 @@ def measure(spec: dict) -> dict:
     import torch
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if spec["device"] == "cpu" else 0.0
+    if spec["keep_freed_memory"]:  # what the glowtorch command does; the plain path leaves malloc alone
+        from glowtorch import keep_freed_memory
+
+        keep_freed_memory()
 
     from glowtorch import Glow, GlowConfig
     from glowtorch.train import TrainingObjective
@@ -192,6 +197,7 @@ def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int
     model = {**settings, **VARIANTS[variant]}
     spec = {"model": model, "architecture": settings, "batch": batch, "device": device, "steps": steps}
     spec["warmup"] = warmup
+    spec["keep_freed_memory"] = variant != "plain"
     out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{config_name}/{variant} failed:\n{out.stderr[-3000:]}")

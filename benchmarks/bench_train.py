@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from glowtorch import Glow, GlowConfig, dequantize
+from glowtorch import Glow, GlowConfig, dequantize, keep_freed_memory
 from glowtorch.cli import load_preset
 from glowtorch.data import Dataset, load_dataset
 from glowtorch.train import TrainConfig, TrainingObjective, train
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args()
+    keep_freed_memory()  # as the glowtorch command does
     preset = load_preset(args.preset)
     if args.data_dir:
         data = load_dataset(preset["dataset"], args.data_dir, train=True)

@@ -183,3 +183,13 @@ def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, capsys, monkey
     code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "1", "--compile", "--out", out, *TINY)
     assert code == 1 and one_line_error(err) and "C++ compiler" in err
     assert not (out / "checkpoints").exists()
+
+
+def test_keep_freed_memory_applies_on_linux_glibc() -> None:
+    import platform
+
+    from glowtorch import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert applied == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() == applied, "calling it again is harmless"

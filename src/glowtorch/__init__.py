@@ -1,5 +1,6 @@
 """glowtorch: Glow (Kingma & Dhariwal 2018), generative flow with invertible 1x1 convolutions, in PyTorch."""
 
+from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_model, save_model
 from .metrics import bits_per_dim, nll_bits_per_dim
 from .model import Glow, GlowConfig, NotInitializedError
@@ -12,6 +13,7 @@ __all__ = [
     "NotInitializedError",
     "bits_per_dim",
     "dequantize",
+    "keep_freed_memory",
     "load_model",
     "nll_bits_per_dim",
     "save_model",

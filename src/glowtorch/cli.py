@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_model
 from .data import DATASETS, DataError, load_dataset
 from .model import GlowConfig, NotInitializedError
@@ -629,6 +630,7 @@ def _join_negative_lists(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_lists(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except (
