@@ -210,8 +210,8 @@ def evaluate_bits_per_dim(
     device = model.top_prior.device
     conditional = config.num_classes > 0 and dataset.labels is not None
     batches = [(d, s) for d in range(draws) for s in range(0, len(dataset), batch_size)]
-    per_image = torch.zeros(len(dataset), dtype=torch.float64)  # bits/dim summed over draws
-    correct = torch.zeros(1, dtype=torch.float64)
+    # bits/dim of each image summed over draws, then the count of correct class predictions
+    totals = torch.zeros(len(dataset) + 1, dtype=torch.float64)
     mine = batches[dist.rank :: dist.world_size]
     for draw, start in tqdm(mine, desc="evaluating", leave=False, disable=not progress or not dist.is_main):
         images = dataset.images[start : start + batch_size]
@@ -220,10 +220,11 @@ def evaluate_bits_per_dim(
         y = dataset.labels[start : start + batch_size].to(device) if conditional else None
         zs, logdet, log_prior = model(x, y)
         bpd = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
-        per_image[start : start + len(bpd)] += bpd
+        totals[start : start + len(bpd)] += bpd
         if conditional and draw == 0:
-            correct += (model.classifier_logits(zs[-1]).argmax(1) == y).sum().item()
-    per_image = dist.all_reduce_sum(per_image.to(device)).cpu() / draws
+            totals[-1] += (model.classifier_logits(zs[-1]).argmax(1) == y).sum().item()
+    totals = dist.all_reduce_sum(totals.to(device)).cpu()
+    per_image = totals[:-1] / draws
     worst = int(per_image.argmax())
     result = {
         "test_bpd": per_image.sum().item() / len(dataset),
@@ -232,7 +233,7 @@ def evaluate_bits_per_dim(
         "test_worst_image": worst,
     }
     if conditional:
-        result["test_accuracy"] = dist.all_reduce_sum(correct.to(device)).item() / len(dataset)
+        result["test_accuracy"] = totals[-1].item() / len(dataset)
     return result
 
 
