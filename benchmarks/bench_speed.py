@@ -7,8 +7,8 @@ state; "work" is the peak less that state and less the process's resident memory
 built (the interpreter and libraries): the activations and workspace of a step, the part that depth
 can make grow. "saved act." is what autograd keeps for backward after one forward (parameters
 excluded). GFLOP/s counts the model's useful work (the plain path's convolutions and matrix products
-per image, from torch.utils.flop_counter) at the measured speed; the first lines give the device's
-own float32 and bfloat16 convolution throughput, the ceiling for any variant. "plain" is the
+per image, from torch.utils.flop_counter) at the measured speed; the lines after the table give the
+device's own float32 and bfloat16 convolution throughput, the ceiling for any variant. "plain" is the
 straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop);
 "fast" is what GlowConfig's defaults and the glowtorch command give (including
 glowtorch.keep_freed_memory); the others change one thing from "fast".

@@ -295,28 +295,54 @@ class _Coupling(nn.Module):
             h = self.net(x_cond)
         return h.to(x_cond.dtype)
 
+    # Each coupling defines how the network's output acts on the transformed half.
+    def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
+        raise NotImplementedError
 
-class AdditiveCoupling(_Coupling):
-    """``y_b = x_b + NN(x_a)``, ``y_a = x_a``; logdet 0 (volume preserving)."""
+    def _push(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def _pull(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def _logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
-        y_b = x_b + self.network(x_a)
-        return torch.cat([x_a, y_b], 1), x.new_zeros(x.shape[0])
+        coefficients = self._coefficients(x_a)
+        return torch.cat([x_a, self._push(x_b, coefficients)], 1), self._logdet(x, coefficients)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
-        x_b = y_b - self.network(y_a)
-        return torch.cat([y_a, x_b], 1), y.new_zeros(y.shape[0])
+        coefficients = self._coefficients(y_a)
+        return torch.cat([y_a, self._pull(y_b, coefficients)], 1), -self._logdet(y, coefficients)
 
     def rebuild(self, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
         """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
         ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, logdet)."""
         y_a, y_b = y[:, : self.split], y[:, self.split :]
         x_a = y_a.detach().requires_grad_(True)
-        shift = self.network(x_a)
-        x_b = (y_b - shift).detach().requires_grad_(True)
-        return (x_a, x_b), torch.cat([x_a, x_b + shift], 1), y.new_zeros(y.shape[0])
+        coefficients = self._coefficients(x_a)
+        x_b = self._pull(y_b, coefficients).detach().requires_grad_(True)
+        y_again = torch.cat([x_a, self._push(x_b, coefficients)], 1)
+        return (x_a, x_b), y_again, self._logdet(y, coefficients)
+
+
+class AdditiveCoupling(_Coupling):
+    """``y_b = x_b + NN(x_a)``, ``y_a = x_a``; logdet 0 (volume preserving)."""
+
+    def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
+        return (self.network(x_a),)
+
+    def _push(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        return x_b + coefficients[0]
+
+    def _pull(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        return y_b - coefficients[0]
+
+    def _logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        return x.new_zeros(x.shape[0])
 
 
 class AffineCoupling(_Coupling):
@@ -327,31 +353,20 @@ class AffineCoupling(_Coupling):
 
     out_factor = 2
 
-    def _shift_log_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
+    def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
         h = self.network(x_a)
         return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x[:, : self.split], x[:, self.split :]
-        shift, log_scale = self._shift_log_scale(x_a)
-        y_b = (x_b + shift) * torch.exp(log_scale)
-        return torch.cat([x_a, y_b], 1), log_scale.flatten(1).sum(1)
+    def _push(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        shift, log_scale = coefficients
+        return (x_b + shift) * torch.exp(log_scale)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        y_a, y_b = y[:, : self.split], y[:, self.split :]
-        shift, log_scale = self._shift_log_scale(y_a)
-        x_b = y_b * torch.exp(-log_scale) - shift
-        return torch.cat([y_a, x_b], 1), -log_scale.flatten(1).sum(1)
+    def _pull(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        shift, log_scale = coefficients
+        return y_b * torch.exp(-log_scale) - shift
 
-    def rebuild(self, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
-        """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
-        ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, logdet)."""
-        y_a, y_b = y[:, : self.split], y[:, self.split :]
-        x_a = y_a.detach().requires_grad_(True)
-        shift, log_scale = self._shift_log_scale(x_a)
-        x_b = (y_b * torch.exp(-log_scale) - shift).detach().requires_grad_(True)
-        y_b = (x_b + shift) * torch.exp(log_scale)
-        return (x_a, x_b), torch.cat([x_a, y_b], 1), log_scale.flatten(1).sum(1)
+    def _logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        return coefficients[1].flatten(1).sum(1)
 
 
 class Squeeze(nn.Module):
