@@ -9,9 +9,11 @@ can make grow. "saved act." is what autograd keeps for backward after one forwar
 excluded). GFLOP/s counts the model's useful work (the plain path's convolutions and matrix products
 per image, from torch.utils.flop_counter) at the measured speed; the lines after the table give the
 device's own float32 and bfloat16 convolution throughput, the ceiling for any variant. "plain" is the
-straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop);
-"fast" is what GlowConfig's defaults and the glowtorch command give (including
-glowtorch.keep_freed_memory); the others change one thing from "fast".
+straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop,
+Adamax's per-parameter loop); "fast" is what GlowConfig's defaults and the glowtorch command give
+(including glowtorch.keep_freed_memory and the trainer's foreach Adamax); the others change one thing
+from "fast". bfloat16 and float16 cannot be faster than float32 on a CPU whose bfloat16 instructions are
+slower than its float32 FMA: benchmarks/isa_peak.c measures that.
 
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
@@ -117,13 +119,13 @@ def measure(spec: dict) -> dict:
     import torch
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if spec["device"] == "cpu" else 0.0
-    if spec["keep_freed_memory"]:  # what the glowtorch command does; the plain path leaves malloc alone
+    if not spec["plain"]:  # what the glowtorch command does; the plain path leaves malloc alone
         from glowtorch import keep_freed_memory
 
         keep_freed_memory()
 
     from glowtorch import Glow, GlowConfig
-    from glowtorch.train import TrainingObjective
+    from glowtorch.train import TrainingObjective, make_optimizer
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
@@ -135,7 +137,10 @@ def measure(spec: dict) -> dict:
     x = (torch.rand(batch, *config.image_shape, device=device) - 0.5) * 0.9
     model.initialize(x)
     objective = TrainingObjective(model)
-    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    if spec["plain"]:  # Adamax as the paper; the straightforward per-parameter loop
+        optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    else:  # what glowtorch's trainer builds: the foreach kernel
+        optimizer = make_optimizer("adamax", list(model.parameters()), lr=1e-4)
     if compile_:
         objective = torch.compile(objective)
         model.compile_decode()
@@ -197,7 +202,7 @@ def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int
     model = {**settings, **VARIANTS[variant]}
     spec = {"model": model, "architecture": settings, "batch": batch, "device": device, "steps": steps}
     spec["warmup"] = warmup
-    spec["keep_freed_memory"] = variant != "plain"
+    spec["plain"] = variant == "plain"
     out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{config_name}/{variant} failed:\n{out.stderr[-3000:]}")

@@ -22,7 +22,7 @@ import torch
 from glowtorch import Glow, GlowConfig, dequantize, keep_freed_memory
 from glowtorch.cli import load_preset
 from glowtorch.data import Dataset, load_dataset
-from glowtorch.train import TrainConfig, TrainingObjective, train
+from glowtorch.train import TrainConfig, TrainingObjective, make_optimizer, train
 
 
 def bare_loop(
@@ -31,7 +31,7 @@ def bare_loop(
     torch.manual_seed(0)
     model = Glow(model_config)
     model.initialize(dequantize(images[: train_config.init_images], model_config.n_bits))
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
+    optimizer = make_optimizer(train_config.optimizer, list(model.parameters()), train_config.lr)  # as the trainer
     batch = train_config.batch_size
     batches = [dequantize(images[i * batch : (i + 1) * batch], model_config.n_bits) for i in range(8)]
     objective = TrainingObjective(model)

@@ -12,7 +12,8 @@ from torch.testing import assert_close
 
 from conftest import images, random_model
 from glowtorch import Glow, GlowConfig
-from glowtorch.train import TrainingObjective
+from glowtorch.data import load_dataset
+from glowtorch.train import TrainConfig, Trainer, TrainingObjective, load_training_state, make_optimizer
 
 
 def gradients(model: Glow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -157,3 +158,56 @@ def test_compiled_training_loss_and_decoder_match_eager() -> None:
     compiled = model.compile_decode().sample(6, 0.7, generator=torch.Generator().manual_seed(1))
     assert model._compiled_decode is not None
     assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamax"])
+def test_fast_optimizer_step_equals_the_per_parameter_loop(name: str) -> None:
+    model = random_model()
+    twin, before = with_config(model), with_config(model)
+    fast = make_optimizer(name, list(model.parameters()), lr=1e-2)
+    kernel = {k: v for k, v in fast.param_groups[0].items() if k in ("fused", "foreach")}
+    assert kernel == ({"fused": True, "foreach": False} if name == "adam" else {"foreach": True})
+    loop = (torch.optim.Adam if name == "adam" else torch.optim.Adamax)(twin.parameters(), lr=1e-2, foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            p.grad = torch.empty_like(p).normal_(generator=generator)  # laid out like p, as autograd's are
+            q.grad = p.grad.clone()
+        fast.step()
+        loop.step()
+    for (name_, p), q, p0 in zip(model.named_parameters(), twin.parameters(), before.parameters(), strict=True):
+        assert_close(p, q, rtol=1e-6, atol=1e-9, msg=name_)
+        assert not torch.equal(p, p0), name_
+
+
+def test_gradients_are_laid_out_like_their_parameters() -> None:
+    """Adam's fused CPU kernel reads a gradient in its parameter's memory order (torch 2.13 gives wrong
+    updates otherwise), so the channels-last model's backward must produce gradients laid out that way."""
+    model = Glow(GlowConfig(image_shape=(3, 8, 8), levels=2, depth=2, hidden_channels=8, num_classes=3))
+    assert model.config.channels_last
+    x = images(4, (3, 8, 8), dtype=torch.float32)
+    model.initialize(x)
+    loss, _ = TrainingObjective(model)(x, torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    checked = 0
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        for size, stride, grad_stride in zip(p.shape, p.stride(), p.grad.stride(), strict=True):
+            assert size == 1 or stride == grad_stride, name  # a size-1 axis's stride does not matter
+        checked += p.dim() == 4 and p.shape[-1] == 3 and not p.is_contiguous()
+    assert checked > 0  # channels-last 3x3 weights were among them
+
+
+def test_resume_keeps_this_runs_optimizer_kernel(tmp_path) -> None:
+    data = load_dataset("digits")
+    model_config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8)
+    train_config = TrainConfig(batch_size=16, init_images=32, steps=2, eval_every=0, optimizer="adam")
+    Trainer(model_config, train_config, data, None, tmp_path / "run", log=lambda *a: None).run(progress=False)
+    state = load_training_state(tmp_path / "run")
+    for group in state["optimizer"]["param_groups"]:  # as a run with the default loop kernel saved it
+        group.update(fused=None, foreach=None)
+    resumed = Trainer(model_config, train_config, data, None, tmp_path / "other", log=lambda *a: None)
+    resumed.restore(state)
+    assert resumed.optimizer.param_groups[0]["fused"] is True
+    assert resumed.optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # the saved moments loaded
+    assert resumed.train_step(resumed.objective)
