@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.testing import assert_close
 
 from conftest import images, random_model
@@ -154,10 +155,19 @@ def test_compiled_training_loss_and_decoder_match_eager() -> None:
     for name, p in model.named_parameters():
         if name in grads:
             assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-5, msg=name)
-    eager = model.sample(6, 0.7, generator=torch.Generator().manual_seed(1))
-    compiled = model.compile_decode().sample(6, 0.7, generator=torch.Generator().manual_seed(1))
-    assert model._compiled_decode is not None
+    eager_zs, eager = model.sample_with_latents(6, 0.7, generator=torch.Generator().manual_seed(1))
+    eager_decoded = model.decode(eager_zs)
+    counters.clear()
+    model.compile_decode()
+    zs, compiled = model.sample_with_latents(6, 0.7, generator=torch.Generator().manual_seed(1))
+    assert counters["stats"]["unique_graphs"] >= 1  # sampling went through torch.compile
+    graphs = counters["stats"]["unique_graphs"]
+    decoded = model.decode(eager_zs)
+    assert counters["stats"]["unique_graphs"] > graphs  # and so did decoding
     assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert_close(decoded, eager_decoded, rtol=1e-4, atol=1e-5)
+    for z, eager_z in zip(zs, eager_zs, strict=True):
+        assert_close(z, eager_z, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamax"])

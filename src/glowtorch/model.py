@@ -153,6 +153,7 @@ class Glow(nn.Module):
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
         self._compiled_decode = None
+        self._compiled_sample = None
         # Top prior: (mean, log_std) interleaved on the channel axis, zero at init = standard normal.
         self.top_prior = nn.Parameter(torch.zeros(1, 2 * channels, height, width), requires_grad=config.learn_top)
         if config.num_classes > 0:
@@ -315,9 +316,11 @@ class Glow(nn.Module):
         return (self._compiled_decode or self._decode)(list(zs))
 
     def compile_decode(self, **options) -> Glow:
-        """Runs ``decode`` (and so ``sample``) through ``torch.compile(**options)`` from now on; the
-        first call compiles. Training compiles the loss instead (``TrainConfig.compile``)."""
+        """Runs ``decode``, ``sample`` and ``sample_with_latents`` through ``torch.compile(**options)``
+        from now on; the first call compiles (a new temperature or batch size compiles again).
+        Training compiles the loss instead (``TrainConfig.compile``)."""
         self._compiled_decode = torch.compile(self._decode, **options)
+        self._compiled_sample = torch.compile(self._sample_from_noise, **options)
         return self
 
     def _decode(self, zs: list[Tensor]) -> Tensor:
@@ -356,23 +359,34 @@ class Glow(nn.Module):
         y = self._check_labels(y, n)
         self._require_initialized()
         ref = self.top_prior
+        # All the noise first, coarsest level first (the order decoding uses it), so that the rest is
+        # one generator-free function that torch.compile can take whole.
+        noise = [
+            torch.randn((n, *self.latent_shapes[i]), generator=generator, dtype=ref.dtype, device=ref.device)
+            for i in reversed(range(len(self.latent_shapes)))
+        ][::-1]
+        return (self._compiled_sample or self._sample_from_noise)(noise, temperatures, y)
 
-        def draw(mean: Tensor, log_std: Tensor, t: float) -> Tensor:
-            eps = torch.randn(mean.shape, generator=generator, dtype=ref.dtype, device=ref.device)
-            return mean + t * torch.exp(log_std) * eps
-
-        zs: list[Tensor | None] = [None] * len(self.latent_shapes)
-        h = draw(*self.top_prior_params(n, y), temperatures[-1])
-        zs[-1] = h
+    def _sample_from_noise(
+        self, noise: list[Tensor], temperatures: list[float], y: Tensor | None
+    ) -> tuple[list[Tensor], Tensor]:
+        """Standard-normal ``noise`` (one per latent, finest first) to (latents, images): each latent is
+        its prior's mean plus ``temperature * std * noise``, decoded in the same pass."""
+        h = self._layout(self._scaled(*self.top_prior_params(noise[-1].shape[0], y), temperatures[-1], noise[-1]))
+        zs: list[Tensor] = [h] * len(self.latent_shapes)
         for level in reversed(range(len(self.levels))):
             if level < len(self.splits):
                 split = self.splits[level]
-                z = draw(*split.prior(h), temperatures[level])
+                z = self._scaled(*split.prior(h), temperatures[level], self._layout(noise[level]))
                 zs[level] = z
                 h = split.inverse(h, z)
             h, _ = self.levels[level].inverse(h)
             h, _ = self.squeeze.inverse(h)
         return zs, h
+
+    @staticmethod
+    def _scaled(mean: Tensor, log_std: Tensor, temperature: float, eps: Tensor) -> Tensor:
+        return mean + temperature * torch.exp(log_std) * eps
 
     @torch.no_grad()
     def sample(
