@@ -2,7 +2,8 @@
 
 Runs the same model twice: a bare loop (forward + backward + optimizer step on ready-made batches)
 and glowtorch's real training loop (data indexing, dequantization, EMA, logging, progress bar), and
-prints images/s of both and the real loop's share of time spent outside the model.
+prints images/s of both and the real loop's share of time spent outside the model, then the optimizer
+step's time as PyTorch's default per-parameter loop and as the trainer computes it.
 
     python benchmarks/bench_train.py --data-dir ../shared/data/mnist --steps 200
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 
@@ -47,6 +49,28 @@ def bare_loop(
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
         optimizer.step()
     return steps * batch / (time.perf_counter() - start)
+
+
+def optimizer_step_ms(model_config: GlowConfig, train_config: TrainConfig, repeats: int = 50) -> tuple[float, float]:
+    """Median milliseconds of one optimizer step over the model's parameters: PyTorch's default
+    per-parameter loop, and the kernel glowtorch's trainer uses (make_optimizer)."""
+    model = Glow(model_config)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    loop_cls = torch.optim.Adamax if train_config.optimizer == "adamax" else torch.optim.Adam
+    medians = []
+    for optimizer in (
+        loop_cls(params, lr=train_config.lr, foreach=False),
+        make_optimizer(train_config.optimizer, params, train_config.lr),
+    ):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        medians.append(1000 * statistics.median(times[5:]))
+    return medians[0], medians[1]
 
 
 def full_loop(model_config: GlowConfig, train_config: TrainConfig, data: Dataset, warmup: int, steps: int) -> float:
@@ -90,6 +114,11 @@ def main() -> None:
     print(f"model only (forward+backward+step): {bare:.1f} and {bare_again:.1f} images/s (mean {model_only:.1f})")
     print(f"glowtorch training loop:            {full:.1f} images/s")
     print(f"share of time outside the model:    {100 * (1 - full / model_only):.1f}%")
+    loop_ms, fast_ms = optimizer_step_ms(model_config, train_config)
+    print(
+        f"{train_config.optimizer} step: {loop_ms:.2f} ms as a per-parameter loop, {fast_ms:.2f} ms as the trainer "
+        f"does it; a training step at the model-only speed takes {1000 * train_config.batch_size / model_only:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from torch.testing import assert_close
 from conftest import images, random_model
 from glowtorch import Glow, GlowConfig
 from glowtorch.data import load_dataset
+from glowtorch.distributed import Distributed
 from glowtorch.train import TrainConfig, Trainer, TrainingObjective, load_training_state, make_optimizer
 
 
@@ -221,3 +222,13 @@ def test_resume_keeps_this_runs_optimizer_kernel(tmp_path) -> None:
     assert resumed.optimizer.param_groups[0]["fused"] is True
     assert resumed.optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # the saved moments loaded
     assert resumed.train_step(resumed.objective)
+
+
+def test_bfloat16_on_a_gpu_without_it_is_a_one_line_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    model_config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8, precision="bfloat16")
+    with pytest.raises(ValueError, match="cannot compute in bfloat16: use --precision float32") as error:
+        Trainer(model_config, TrainConfig(batch_size=16, steps=1), load_dataset("digits"), None, tmp_path / "run",
+                dist=Distributed(device="cuda:0"))  # fmt: skip
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # nothing half-written
