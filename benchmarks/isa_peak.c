@@ -16,7 +16,7 @@
 #include <time.h>
 
 #define ITERATIONS 100000000L
-#define EACH16(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
+#define ACCUMULATORS 16 /* as many as EACH16 names */
 /* An empty asm that "may change" the register: the compiler can neither merge nor drop the chains. */
 #define KEEP(v) __asm__ volatile("" : "+v"(v));
 
@@ -26,54 +26,54 @@ static double seconds(void) {
   return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+/* EACH16(M, args...) is M(0, args...) M(1, args...) ... M(15, args...): the accumulators are named
+ * variables a0..a15, so that they stay in registers (an array would be spilled to memory). */
+#define EACH16(M, ...)                                                                           \
+  M(0, __VA_ARGS__) M(1, __VA_ARGS__) M(2, __VA_ARGS__) M(3, __VA_ARGS__) M(4, __VA_ARGS__)     \
+  M(5, __VA_ARGS__) M(6, __VA_ARGS__) M(7, __VA_ARGS__) M(8, __VA_ARGS__) M(9, __VA_ARGS__)     \
+  M(10, __VA_ARGS__) M(11, __VA_ARGS__) M(12, __VA_ARGS__) M(13, __VA_ARGS__) M(14, __VA_ARGS__) \
+  M(15, __VA_ARGS__)
+#define DECLARE(i, VECTOR, FROM_FLOAT) VECTOR a##i = FROM_FLOAT((float)i);
+#define STEP(i, OP) a##i = OP(a##i, x, y); KEEP(a##i)
+#define ADD(i, TO_FLOAT) *check += TO_FLOAT(a##i);
+
+/* One timing function per instruction: ITERATIONS rounds of `a = OP(a, x, y)` on each of the 16
+ * independent accumulators (VECTOR, starting at 0..15), then the checksum of their sum. */
+#define DEFINE_MEASURE(name, VECTOR, OPERAND, FROM_FLOAT, OP, TO_FLOAT) \
+  static double name(OPERAND x, OPERAND y, float *check) {            \
+    EACH16(DECLARE, VECTOR, FROM_FLOAT)                                 \
+    double start = seconds();                                           \
+    for (long n = 0; n < ITERATIONS; n++) {                             \
+      EACH16(STEP, OP)                                                  \
+    }                                                                   \
+    double elapsed = seconds() - start;                                 \
+    *check = 0.0f;                                                      \
+    EACH16(ADD, TO_FLOAT)                                               \
+    return elapsed;                                                     \
+  }
+
+static __m512h ph_from_float(float v) { return _mm512_set1_ph((_Float16)v); }
+static float ph_to_float(__m512h v) { return (float)_mm512_reduce_add_ph(v); }
+static __m512 ps_fma(__m512 acc, __m512 x, __m512 y) { return _mm512_fmadd_ps(acc, x, y); }
+static __m512h ph_fma(__m512h acc, __m512h x, __m512h y) { return _mm512_fmadd_ph(acc, x, y); }
+
+DEFINE_MEASURE(measure_fp32_fma, __m512, __m512, _mm512_set1_ps, ps_fma, _mm512_reduce_add_ps)
+DEFINE_MEASURE(measure_bf16_dot, __m512, __m512bh, _mm512_set1_ps, _mm512_dpbf16_ps, _mm512_reduce_add_ps)
+DEFINE_MEASURE(measure_fp16_fma, __m512h, __m512h, ph_from_float, ph_fma, ph_to_float)
+
 static void report(const char *name, double flops_per_instruction, double elapsed, float check) {
-  double gflops = ITERATIONS * 16.0 * flops_per_instruction / elapsed / 1e9;
+  double gflops = ITERATIONS * (double)ACCUMULATORS * flops_per_instruction / elapsed / 1e9;
   printf("%-28s %7.1f GFLOP/s per core   (checksum %g)\n", name, gflops, check);
 }
 
 int main(void) {
-  double start, elapsed;
-  float check = 0.0f;
-
-  const __m512 half = _mm512_set1_ps(0.5f);
-#define DECLARE_PS(i) __m512 a##i = _mm512_set1_ps((float)i);
-  EACH16(DECLARE_PS)
-  start = seconds();
-  for (long n = 0; n < ITERATIONS; n++) {
-#define FMA_PS(i) a##i = _mm512_fmadd_ps(a##i, half, half); KEEP(a##i)
-    EACH16(FMA_PS)
-  }
-  elapsed = seconds() - start;
-#define SUM_PS(i) check += _mm512_reduce_add_ps(a##i);
-  EACH16(SUM_PS)
+  float check;
+  double elapsed = measure_fp32_fma(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f), &check);
   report("float32 FMA (vfmadd*ps)", 32.0, elapsed, check);
-
   const __m512bh one_bf16 = (__m512bh)_mm512_set1_epi16(0x3f80); /* 1.0 in bfloat16 */
-#define DECLARE_BF(i) __m512 b##i = _mm512_set1_ps((float)i);
-  EACH16(DECLARE_BF)
-  start = seconds();
-  for (long n = 0; n < ITERATIONS; n++) {
-#define DOT_BF(i) b##i = _mm512_dpbf16_ps(b##i, one_bf16, one_bf16); KEEP(b##i)
-    EACH16(DOT_BF)
-  }
-  elapsed = seconds() - start;
-  check = 0.0f;
-#define SUM_BF(i) check += _mm512_reduce_add_ps(b##i);
-  EACH16(SUM_BF)
+  elapsed = measure_bf16_dot(one_bf16, one_bf16, &check);
   report("bfloat16 dot (vdpbf16ps)", 64.0, elapsed, check);
-
-  const __m512h one_fp16 = _mm512_set1_ph((_Float16)1.0f), tiny = _mm512_set1_ph((_Float16)0.001f);
-#define DECLARE_PH(i) __m512h h##i = _mm512_set1_ph((_Float16)i);
-  EACH16(DECLARE_PH)
-  start = seconds();
-  for (long n = 0; n < ITERATIONS; n++) {
-#define FMA_PH(i) h##i = _mm512_fmadd_ph(h##i, one_fp16, tiny); KEEP(h##i)
-    EACH16(FMA_PH)
-  }
-  elapsed = seconds() - start;
-  check = 0.0f;
-#define SUM_PH(i) check += (float)_mm512_reduce_add_ph(h##i);
-  EACH16(SUM_PH)
+  elapsed = measure_fp16_fma(ph_from_float(1.0f), ph_from_float(0.001f), &check);
   report("float16 FMA (vfmadd*ph)", 64.0, elapsed, check);
   return 0;
 }
