@@ -8,12 +8,12 @@ built (the interpreter and libraries): the activations and workspace of a step, 
 can make grow. "saved act." is what autograd keeps for backward after one forward (parameters
 excluded). GFLOP/s counts the model's useful work (the plain path's convolutions and matrix products
 per image, from torch.utils.flop_counter) at the measured speed; the lines after the table give the
-device's own float32 and bfloat16 convolution throughput, the ceiling for any variant. "plain" is the
+device's own float32, bfloat16 and float16 convolution throughput, the ceiling for any variant. "plain" is the
 straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop,
 Adamax's per-parameter loop); "fast" is what GlowConfig's defaults and the glowtorch command give
 (including glowtorch.keep_freed_memory and the trainer's foreach Adamax); the others change one thing
-from "fast". bfloat16 and float16 cannot be faster than float32 on a CPU whose bfloat16 instructions are
-slower than its float32 FMA: benchmarks/isa_peak.c measures that.
+from "fast". bfloat16 cannot beat float32 on a CPU whose bfloat16 dot-product instruction is slower
+than its float32 FMA: benchmarks/isa_peak.c times the instructions themselves.
 
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
@@ -92,13 +92,13 @@ def model_flops(settings: dict) -> tuple[float, float]:
 
 
 def device_peak(device: str) -> dict[str, float]:
-    """GFLOP/s of a 3x3, 512-channel convolution (batch 16, 16x16, channels-last) in float32 and
-    bfloat16: the throughput the coupling networks' largest convolutions can reach on this device."""
+    """GFLOP/s of a 3x3, 512-channel convolution (batch 16, 16x16, channels-last) in float32, bfloat16
+    and float16: the throughput the coupling networks' largest convolutions can reach on this device."""
     import torch
     import torch.nn.functional as F
 
     result = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = torch.randn(16, 512, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(512, 512, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         times = []
