@@ -8,12 +8,13 @@ built (the interpreter and libraries): the activations and workspace of a step, 
 can make grow. "saved act." is what autograd keeps for backward after one forward (parameters
 excluded). GFLOP/s counts the model's useful work (the plain path's convolutions and matrix products
 per image, from torch.utils.flop_counter) at the measured speed; the lines after the table give the
-device's own float32, bfloat16 and float16 convolution throughput, the ceiling for any variant. "plain" is the
-straightforward implementation (eager float32, NCHW, ActNorm as its own pass, standard backprop,
-Adamax's per-parameter loop); "fast" is what GlowConfig's defaults and the glowtorch command give
-(including glowtorch.keep_freed_memory and the trainer's foreach Adamax); the others change one thing
-from "fast". bfloat16 cannot beat float32 on a CPU whose bfloat16 dot-product instruction is slower
-than its float32 FMA: benchmarks/isa_peak.c times the instructions themselves.
+device's own float32, bfloat16 and float16 convolution throughput, the ceiling for any variant.
+"plain" is the straightforward implementation (eager float32, NCHW, ActNorm as its own pass,
+standard backprop, Adamax's per-parameter loop); "fast" is what GlowConfig's defaults and the
+glowtorch command give (including glowtorch.keep_freed_memory and the trainer's Adamax: foreach, or
+the per-parameter loop in the memory-saving modes); the others change one thing from "fast".
+bfloat16 cannot beat float32 on a CPU whose bfloat16 dot-product instruction is slower than its
+float32 FMA: benchmarks/isa_peak.c times the instructions themselves.
 
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
@@ -139,8 +140,8 @@ def measure(spec: dict) -> dict:
     objective = TrainingObjective(model)
     if spec["plain"]:  # Adamax as the paper; the straightforward per-parameter loop
         optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
-    else:  # what glowtorch's trainer builds: the foreach kernel
-        optimizer = make_optimizer("adamax", list(model.parameters()), lr=1e-4)
+    else:  # what glowtorch's trainer builds: foreach, or the loop in the memory-saving modes
+        optimizer = make_optimizer("adamax", list(model.parameters()), 1e-4, config.memory != "standard")
     if compile_:
         objective = torch.compile(objective)
         model.compile_decode()

@@ -159,20 +159,25 @@ def learning_rate(config: TrainConfig, step: int, scale: float = 1.0) -> float:
     return config.lr * warmup * decay * scale
 
 
-def optimizer_kernel(name: str, params: list[nn.Parameter]) -> dict[str, bool]:
-    """How the optimizer's step is computed (never what): Adam's fused kernel on CPU and CUDA (one pass
-    over each parameter), otherwise the foreach kernels (one call for all parameters, not a loop)."""
+def optimizer_kernel(name: str, params: list[nn.Parameter], save_memory: bool = False) -> dict[str, bool]:
+    """How the optimizer's step is computed (never what). Adam: the fused kernel on CPU and CUDA (one
+    pass over each parameter, no temporaries). Adamax: the foreach kernels (one call for all
+    parameters), unless ``save_memory``: they allocate temporaries the size of all the gradients at
+    once, so the memory-saving modes keep the per-parameter loop."""
     if name == "adamax":
-        return {"foreach": True}
+        return {"foreach": not save_memory}
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return {"fused": fused, "foreach": not fused}
+    return {"fused": fused, "foreach": not fused and not save_memory}
 
 
-def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: list[nn.Parameter], lr: float, save_memory: bool = False
+) -> torch.optim.Optimizer:
     """``torch.optim.Adam`` or ``Adamax`` (``name``: "adam" / "adamax") over ``params`` with the fastest
-    step this device has (:func:`optimizer_kernel`); same update as the default per-parameter loop."""
+    step this device has that fits ``save_memory`` (:func:`optimizer_kernel`); same update as the
+    default per-parameter loop."""
     cls = torch.optim.Adamax if name == "adamax" else torch.optim.Adam
-    return cls(params, lr=lr, **optimizer_kernel(name, params))
+    return cls(params, lr=lr, **optimizer_kernel(name, params, save_memory))
 
 
 class TrainingObjective(nn.Module):
@@ -389,7 +394,8 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return make_optimizer(self.config.optimizer, params, self.config.lr)
+        save_memory = self.model_config.memory != "standard"
+        return make_optimizer(self.config.optimizer, params, self.config.lr, save_memory)
 
     # ------------------------------------------------------------- state
     def state(self) -> dict:
