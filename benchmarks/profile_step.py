@@ -3,7 +3,8 @@
 For each config (bench_speed's A, B, ...) it times the fast path's training step (median of the
 timed steps, as bench_speed does), then profiles a few steps with torch.profiler and sums the time
 spent inside the convolution kernels, forward and backward. If everything else in the step took no
-time at all, the step would take that long: the printed "bound" in images/s.
+time at all, the step would take that long: the printed "bound" in images/s. It also prints the time
+in concatenations and copies (aten::cat, aten::copy_), what chunk/cat in the couplings cost.
 
     python benchmarks/profile_step.py --configs A,B
     python benchmarks/profile_step.py --configs A,B --compile
@@ -25,6 +26,7 @@ from glowtorch import Glow, GlowConfig, keep_freed_memory
 from glowtorch.train import TrainingObjective, make_optimizer
 
 FORWARD, BACKWARD = "aten::mkldnn_convolution", "aten::convolution_backward"
+COPIES = ("aten::cat", "aten::copy_")  # what chunk/cat and layout changes cost
 
 
 def profile_config(name: str, compile_: bool, steps: int, profiled: int) -> None:
@@ -59,10 +61,12 @@ def profile_config(name: str, compile_: bool, steps: int, profiled: int) -> None
     self_s = {event.key: event.self_cpu_time_total / 1e6 / profiled for event in prof.key_averages()}
     forward, backward = self_s.get(FORWARD, 0.0), self_s.get(BACKWARD, 0.0)
     conv = forward + backward
+    copies = sum(self_s.get(key, 0.0) for key in COPIES)
     print(
         f"{name} ({'compiled' if compile_ else 'eager'}): step {1000 * step_s:.0f} ms ({batch / step_s:.1f} img/s); "
         f"convolutions {1000 * conv:.0f} ms ({1000 * forward:.0f} forward, {1000 * backward:.0f} backward), "
-        f"{100 * conv / step_s:.0f}% of the step; bound with nothing else: {batch / conv:.1f} img/s",
+        f"{100 * conv / step_s:.0f}% of the step; bound with nothing else: {batch / conv:.1f} img/s; "
+        f"cat and copy_ {1000 * copies:.1f} ms ({100 * copies / step_s:.1f}%)",
         flush=True,
     )
 
