@@ -235,3 +235,22 @@ def test_bfloat16_on_a_gpu_without_it_is_a_one_line_error(tmp_path, monkeypatch)
                 dist=Distributed(device="cuda:0"))  # fmt: skip
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_ema_is_the_decayed_average_of_the_weights(tmp_path) -> None:
+    data = load_dataset("digits")
+    model_config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8)
+    train_config = TrainConfig(batch_size=16, init_images=32, steps=3, eval_every=0, ema_decay=0.5)
+    trainer = Trainer(model_config, train_config, data, None, tmp_path / "run", log=lambda *a: None)
+    trainer.initialize()
+    expected = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    for step in range(3):
+        trainer.step = step
+        assert trainer.train_step(trainer.objective)
+        decay = min(0.5, (1 + step) / (10 + step))  # the warmup of the decay, then ema_decay
+        for name, p in trainer.model.named_parameters():
+            expected[name] = decay * expected[name] + (1 - decay) * p.detach()
+    for name, p in trainer.ema.named_parameters():
+        assert_close(p.detach(), expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    pairs = zip(trainer.ema.parameters(), trainer.model.parameters(), strict=True)
+    assert any(not torch.equal(p, q) for p, q in pairs)  # the average lags the weights

@@ -373,7 +373,7 @@ class Glow(nn.Module):
         """Standard-normal ``noise`` (one per latent, finest first) to (latents, images): each latent is
         its prior's mean plus ``temperature * std * noise``, decoded in the same pass."""
         h = self._layout(self._scaled(*self.top_prior_params(noise[-1].shape[0], y), temperatures[-1], noise[-1]))
-        zs: list[Tensor] = [h] * len(self.latent_shapes)
+        zs: list[Tensor] = [h] * len(self.latent_shapes)  # the top latent last; the loop fills the others
         for level in reversed(range(len(self.levels))):
             if level < len(self.splits):
                 split = self.splits[level]
