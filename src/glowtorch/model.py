@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -324,10 +324,14 @@ class Glow(nn.Module):
         return self
 
     def _decode(self, zs: list[Tensor]) -> Tensor:
-        h = self._layout(zs[-1])
+        return self._decode_levels(self._layout(zs[-1]), lambda level, h: self._layout(zs[level]))
+
+    def _decode_levels(self, h: Tensor, latent: Callable[[int, Tensor], Tensor]) -> Tensor:
+        """The top latent ``h`` to images, coarsest level first; ``latent(level, h)`` gives the latent
+        that the split of ``level`` puts back beside ``h`` (the kept half)."""
         for level in reversed(range(len(self.levels))):
             if level < len(self.splits):
-                h = self.splits[level].inverse(h, self._layout(zs[level]))
+                h = self.splits[level].inverse(h, latent(level, h))
             h, _ = self.levels[level].inverse(h)
             h, _ = self.squeeze.inverse(h)
         return h
@@ -373,16 +377,13 @@ class Glow(nn.Module):
         """Standard-normal ``noise`` (one per latent, finest first) to (latents, images): each latent is
         its prior's mean plus ``temperature * std * noise``, decoded in the same pass."""
         h = self._layout(self._scaled(*self.top_prior_params(noise[-1].shape[0], y), temperatures[-1], noise[-1]))
-        zs: list[Tensor] = [h] * len(self.latent_shapes)  # the top latent last; the loop fills the others
-        for level in reversed(range(len(self.levels))):
-            if level < len(self.splits):
-                split = self.splits[level]
-                z = self._scaled(*split.prior(h), temperatures[level], self._layout(noise[level]))
-                zs[level] = z
-                h = split.inverse(h, z)
-            h, _ = self.levels[level].inverse(h)
-            h, _ = self.squeeze.inverse(h)
-        return zs, h
+        zs: list[Tensor] = [h] * len(self.latent_shapes)  # the top latent last; decoding fills the others
+
+        def draw(level: int, kept: Tensor) -> Tensor:
+            zs[level] = self._scaled(*self.splits[level].prior(kept), temperatures[level], self._layout(noise[level]))
+            return zs[level]
+
+        return zs, self._decode_levels(h, draw)
 
     @staticmethod
     def _scaled(mean: Tensor, log_std: Tensor, temperature: float, eps: Tensor) -> Tensor:
