@@ -9,9 +9,10 @@ can make grow. "saved act." is what autograd keeps for backward after one forwar
 excluded). GFLOP/s counts the model's useful work (the plain path's convolutions and matrix products
 per image, from torch.utils.flop_counter) at the measured speed; the lines after the table give the
 device's own float32, bfloat16 and float16 convolution throughput, the ceiling for any variant.
-"plain" is the straightforward implementation (eager float32, NCHW, ActNorm as its own pass,
-standard backprop, Adamax's per-parameter loop); "fast" is what GlowConfig's defaults and the
-glowtorch command give (including glowtorch.keep_freed_memory and the trainer's Adamax: foreach, or
+"plain" is the straightforward implementation (eager float32, NCHW, standard backprop, Adamax's
+per-parameter loop, malloc left alone; ActNorm is folded into the convolutions in every variant, as
+the library always does); "fast" is what ComputeConfig's defaults and the glowtorch command give
+(including glowtorch.keep_freed_memory and the trainer's Adamax: foreach, or
 the per-parameter loop in the memory-saving modes); the others change one thing from "fast".
 bfloat16 cannot beat float32 on a CPU whose bfloat16 dot-product instruction is slower than its
 float32 FMA: benchmarks/isa_peak.c times the instructions themselves.
@@ -39,11 +40,11 @@ CONFIGS = {
     "C32": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
     "paper": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
 }
-PLAIN = dict(memory="standard", precision="float32", channels_last=False, fold_actnorm=False)
+PLAIN = dict(memory="standard", precision="float32", channels_last=False)
 VARIANTS = {
-    # The straightforward implementation: eager float32, NCHW, ActNorm as its own pass, standard backprop.
+    # The straightforward implementation: eager float32, NCHW, standard backprop.
     "plain": dict(PLAIN),
-    # What a user gets by default: GlowConfig's defaults (channels-last, ActNorm folded), eager.
+    # What a user gets by default: ComputeConfig's defaults (channels-last), eager.
     "fast": dict(memory="standard", precision="float32"),
     "compile": dict(memory="standard", precision="float32", compile=True),
     "reversible": dict(memory="reversible", precision="float32"),
@@ -77,11 +78,11 @@ def model_flops(settings: dict) -> tuple[float, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from glowtorch import Glow, GlowConfig
+    from glowtorch import ComputeConfig, Glow, GlowConfig
     from glowtorch.train import TrainingObjective
 
     torch.manual_seed(0)
-    model = Glow(GlowConfig(**settings, **PLAIN))
+    model = Glow(GlowConfig(**settings), ComputeConfig(**PLAIN))
     x = (torch.rand(2, *model.config.image_shape) - 0.5) * 0.9
     model.initialize(x)
     with FlopCounterMode(display=False) as train:
@@ -125,15 +126,16 @@ def measure(spec: dict) -> dict:
 
         keep_freed_memory()
 
-    from glowtorch import Glow, GlowConfig
+    from glowtorch import ComputeConfig, Glow, GlowConfig
     from glowtorch.train import TrainingObjective, make_optimizer
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     settings = dict(spec["model"])
     compile_ = settings.pop("compile", False)
+    compute = ComputeConfig(**{k: settings.pop(k) for k in ("memory", "precision", "channels_last") if k in settings})
     config = GlowConfig(**settings)
-    model = Glow(config).to(device)
+    model = Glow(config, compute).to(device)
     batch = spec["batch"]
     x = (torch.rand(batch, *config.image_shape, device=device) - 0.5) * 0.9
     model.initialize(x)
@@ -141,7 +143,7 @@ def measure(spec: dict) -> dict:
     if spec["plain"]:  # Adamax as the paper; the straightforward per-parameter loop
         optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
     else:  # what glowtorch's trainer builds: foreach, or the loop in the memory-saving modes
-        optimizer = make_optimizer("adamax", list(model.parameters()), 1e-4, config.memory != "standard")
+        optimizer = make_optimizer("adamax", list(model.parameters()), 1e-4, compute.memory != "standard")
     if compile_:
         objective = torch.compile(objective)
         model.compile_decode()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from glowtorch import Glow, GlowConfig
+from glowtorch import ComputeConfig, Glow, GlowConfig
 from glowtorch.layers import ActNorm
 
 
@@ -28,9 +30,14 @@ def tiny_config(**overrides) -> GlowConfig:
     return GlowConfig(**values)
 
 
+COMPUTE_FIELDS = {f.name for f in dataclasses.fields(ComputeConfig)}
+
+
 def random_model(seed: int = 0, scale: float = 0.2, **overrides) -> Glow:
+    """A tiny float64 model with random weights; ``overrides`` may name GlowConfig and ComputeConfig fields."""
+    compute = ComputeConfig(**{k: overrides.pop(k) for k in list(overrides) if k in COMPUTE_FIELDS})
     torch.manual_seed(seed)
-    return randomize(Glow(tiny_config(**overrides)).double(), scale=scale, seed=seed)
+    return randomize(Glow(tiny_config(**overrides), compute).double(), scale=scale, seed=seed)
 
 
 def images(batch: int, shape=(2, 4, 4), seed: int = 0, dtype=torch.float64) -> torch.Tensor:

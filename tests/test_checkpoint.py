@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from torch.testing import assert_close
 
 from conftest import images, randomize, tiny_config
-from glowtorch import CheckpointError, Glow, load_model, save_model
+from glowtorch import CheckpointError, Glow, GlowConfig, load_model, save_model
 
 
 def trained_like_model(**overrides) -> Glow:
@@ -75,3 +77,33 @@ def test_non_finite_weights_are_not_saved(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="non-finite"):
         save_model(model, tmp_path / "c")
     assert not (tmp_path / "c" / "model.safetensors").exists()
+
+
+LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy_run"
+
+
+def test_a_checkpoint_written_by_glowtorch_0_1_0_still_loads_and_resumes(tmp_path, capsys) -> None:
+    """tests/fixtures/legacy_run was written by glowtorch 0.1.0, whose config.json also held the compute
+    settings (memory, precision, channels_last, fold_actnorm): they are ignored, and the model computes
+    what it computed then (log_prob and fingerprint recorded by that version)."""
+    from glowtorch.cli import main
+    from glowtorch.latent import load_latents, model_fingerprint
+
+    saved = json.loads((LEGACY_RUN / "model" / "config.json").read_text())
+    assert {"memory", "precision", "channels_last", "fold_actnorm"} <= set(saved)
+    model = load_model(LEGACY_RUN).eval()
+    assert model.config == GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8)
+    expected, metadata = load_latents(LEGACY_RUN / "expected.safetensors")
+    with torch.no_grad():
+        assert_close(model.log_prob(expected["x"]), expected["log_prob"], rtol=1e-5, atol=1e-4)
+    assert model_fingerprint(model) == metadata["model_fingerprint"]  # its latent files still match it
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY_RUN, run)
+    flags = ["--dataset", "digits", "--levels", "2", "--depth", "1", "--hidden-channels", "8",
+             "--batch-size", "16", "--init-images", "64", "--eval-every", "2", "--no-compile", "--no-progress",
+             "--out", str(run)]  # fmt: skip
+    assert main(["train", *flags, "--steps", "4", "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    assert set(json.loads((run / "model" / "config.json").read_text())) == set(model.config.to_dict())

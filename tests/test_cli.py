@@ -123,9 +123,9 @@ def test_bad_input_gives_one_line_errors(trained_run, tmp_path, capsys) -> None:
 
 def test_invalid_flag_values_exit_2(capsys) -> None:
     cases = (
-        ["train", "--lr", "-1"],
-        ["train", "--batch-size", "0"],
-        ["train", "--shift", "-1"],
+        ["train", "--lr", "abc"],
+        ["train", "--batch-size", "1.5"],
+        ["train", "--coupling", "volume"],
         ["sample", "x", "--temperature", "-0.5"],
     )
     for argv in cases:
@@ -134,6 +134,49 @@ def test_invalid_flag_values_exit_2(capsys) -> None:
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error" in err
+
+
+def test_option_values_are_checked_once_by_the_configs(tmp_path, capsys) -> None:
+    """argparse only converts types; TrainConfig and GlowConfig refuse bad values, before anything is written."""
+    cases = (
+        (["--lr", "0"], "lr must be a positive number"),
+        (["--lr", "nan"], "lr must be a positive number"),
+        (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--shift", "-1"], "shift must be >= 0"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--memory", "offload"], "invalid choice"),
+        (["--levels", "0"], "levels must be >= 1"),
+        (["--n-bits", "9"], "n_bits must be between 1 and 8"),
+    )
+    for flags, message in cases:
+        out = tmp_path / "run"
+        try:
+            code = main(["train", "--out", str(out), "--no-progress", *flags])
+        except SystemExit as exit_:
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code in (1, 2) and err.count("\n") == 1 and message in err, (flags, err)
+        assert not out.exists(), flags
+
+
+def test_train_flags_come_from_the_config_fields() -> None:
+    import dataclasses
+
+    from glowtorch import GlowConfig
+    from glowtorch.cli import MODEL_FLAGS, build_parser
+    from glowtorch.train import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {option: action for action in train._actions for option in action.option_strings}
+    fields = [f for f in dataclasses.fields(TrainConfig)]
+    fields += [f for f in dataclasses.fields(GlowConfig) if f.name not in MODEL_FLAGS]
+    for f in fields:
+        action = flags["--" + f.name.replace("_", "-")]
+        assert action.help, f"--{f.name} has no help"
+        if "choices" in f.metadata:
+            assert list(action.choices) == list(f.metadata["choices"])
+    assert "global batch" in flags["--batch-size"].help
+    assert "--no-learn-top" in flags and "--no-channels-last" in flags and "--no-compile" in flags
 
 
 def test_corrupt_checkpoint_refused_and_run_untouched(trained_run, tmp_path, capsys) -> None:

@@ -12,10 +12,12 @@ from torch._dynamo.utils import counters
 from torch.testing import assert_close
 
 from conftest import images, random_model
-from glowtorch import Glow, GlowConfig
+from glowtorch import ComputeConfig, Glow, GlowConfig
+from glowtorch.checkpoint import load_training_state
 from glowtorch.data import load_dataset
 from glowtorch.distributed import Distributed
-from glowtorch.train import TrainConfig, Trainer, TrainingObjective, load_training_state, make_optimizer
+from glowtorch.layers import AffineCoupling, FlowStep
+from glowtorch.train import TrainConfig, Trainer, TrainingObjective, make_optimizer
 
 
 def gradients(model: Glow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -26,8 +28,9 @@ def gradients(model: Glow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, tor
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, x.grad
 
 
-def with_config(model: Glow, **changes) -> Glow:
-    other = Glow(dataclasses.replace(model.config, **changes)).to(next(model.parameters()).dtype)
+def with_config(model: Glow, **compute) -> Glow:
+    """A copy of ``model`` (same weights) that computes with the given ``ComputeConfig`` changes."""
+    other = Glow(model.config, dataclasses.replace(model.compute, **compute)).to(next(model.parameters()).dtype)
     other.load_state_dict(model.state_dict())
     return other
 
@@ -72,33 +75,67 @@ def test_bfloat16_couplings_stay_invertible_and_close() -> None:
     assert_close(lp_fast, lp_plain, rtol=2e-2, atol=0.5)
 
 
-def test_runtime_fields_do_not_change_the_architecture() -> None:
-    a = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=4)
-    b = dataclasses.replace(a, memory="reversible", precision="bfloat16")
-    assert a.architecture() == b.architecture() and a != b
+def test_compute_settings_are_validated_and_change_in_place() -> None:
     with pytest.raises(ValueError, match="memory must be one of"):
-        dataclasses.replace(a, memory="offload")
+        ComputeConfig(memory="offload")
     with pytest.raises(ValueError, match="precision must be one of"):
-        dataclasses.replace(a, precision="float16")
+        ComputeConfig(precision="float16")
+    model = random_model()
+    coupling = model.flow_steps()[0].coupling
+    assert model.set_compute(precision="bfloat16") is model
+    assert model.compute == ComputeConfig(precision="bfloat16") and coupling.autocast_dtype == torch.bfloat16
+    model.set_compute(memory="reversible", channels_last=False)
+    assert model.compute == ComputeConfig(memory="reversible", precision="bfloat16", channels_last=False)
+    assert coupling.net.conv_in.weight.is_contiguous()
+    model.set_compute(precision="float32", channels_last=True)
+    assert coupling.autocast_dtype is None
+    assert coupling.net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-PLAIN = dict(channels_last=False, fold_actnorm=False)
-LAYOUTS = [
-    dict(channels_last=True, fold_actnorm=False),
-    dict(channels_last=False, fold_actnorm=True),
-    {f: getattr(GlowConfig, f) for f in PLAIN},  # the defaults a user gets
-]
+def unfolded_step(step: FlowStep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flow step written out from the paper's equations, layer by layer, each ActNorm after its
+    convolution: the reference that the folded computation must equal."""
+    actnorm, permutation, coupling = step.layers
+    h = (x + actnorm.bias) * torch.exp(actnorm.log_scale)
+    h, permutation_logdet = permutation(h)
+    net = coupling.net
+    x_a, x_b = h[:, : coupling.split], h[:, coupling.split :]
+    v = torch.relu((net.conv_in(x_a) + net.norm_in.bias) * torch.exp(net.norm_in.log_scale))
+    v = torch.relu((net.conv_hidden(v) + net.norm_hidden.bias) * torch.exp(net.norm_hidden.log_scale))
+    out = net.conv_out.conv(v) * torch.exp(3 * net.conv_out.log_scale)
+    logdet = x.shape[2] * x.shape[3] * actnorm.log_scale.sum() + permutation_logdet
+    if isinstance(coupling, AffineCoupling):
+        scale = torch.sigmoid(out[:, 1::2] + 2.0)
+        y_b = (x_b + out[:, 0::2]) * scale
+        logdet = logdet + torch.log(scale).flatten(1).sum(1)
+    else:
+        y_b = x_b + out
+    return torch.cat([x_a, y_b], 1), logdet
 
 
-VARIANTS = [dict(), dict(coupling="additive", permutation="invconv"), dict(memory="reversible")]
+@pytest.mark.parametrize("variant", [dict(), dict(coupling="additive", permutation="invconv")])
+def test_folded_steps_equal_the_layers_one_by_one_float64(variant: dict) -> None:
+    model = random_model(scale=0.3, depth=2, **variant)
+    x = images(3, shape=(8, 2, 2))
+    for step in model.levels[0].layers:
+        assert step._foldable()
+        y, logdet = step(x)
+        y_ref, logdet_ref = unfolded_step(step, x)
+        assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
+        assert_close(step.unfolded(x)[0], y, rtol=1e-12, atol=1e-12)
+        x = y
 
 
-@pytest.mark.parametrize("fast", LAYOUTS, ids=["channels_last", "fold_actnorm", "defaults"])
-@pytest.mark.parametrize("variant", VARIANTS)
+LAYOUTS = [dict(channels_last=True), dict(memory="reversible"), dict(memory="checkpoint", channels_last=True)]
+
+
+@pytest.mark.parametrize("fast", LAYOUTS, ids=["channels_last", "reversible", "checkpoint_channels_last"])
+@pytest.mark.parametrize("variant", [dict(), dict(coupling="additive", permutation="invconv")])
 def test_fast_layouts_match_the_plain_path_float64(fast: dict, variant: dict) -> None:
-    model = random_model(scale=0.1, depth=2, **variant, **PLAIN)
+    model = random_model(scale=0.1, depth=2, channels_last=False, **variant)
     other = with_config(model, **fast)
-    assert other.config != model.config
+    assert other.compute != model.compute
     x = images(4)
     loss, grads, x_grad = gradients(model, x)
     loss_f, grads_f, x_grad_f = gradients(other, x)
@@ -127,19 +164,22 @@ def test_folded_step_logdet_is_the_jacobian_float64() -> None:
     assert_close(step.inverse(step(x)[0])[0], x, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("fold", [True, False])
-def test_initialization_is_the_same_with_or_without_folding(fold: bool) -> None:
+def test_initialization_takes_the_unfolded_path() -> None:
+    """Data-dependent init sets every ActNorm from the activations reaching it, so the initialized model's
+    activations have zero mean and unit variance per channel where each ActNorm sits."""
     torch.manual_seed(0)
-    config = dict(image_shape=(2, 4, 4), levels=2, depth=2, hidden_channels=8)
-    x = images(16)
-    plain = Glow(GlowConfig(**config, **PLAIN)).double()
-    fast = Glow(GlowConfig(**config, fold_actnorm=fold)).double()
-    fast.load_state_dict(plain.state_dict())
-    plain.initialize(x)
-    fast.initialize(x)
-    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
-        assert_close(b, a, rtol=1e-12, atol=1e-12, msg=name)
-    assert any(not torch.equal(a, torch.zeros_like(a)) for n, a in plain.state_dict().items() if "norm_in.bias" in n)
+    model = Glow(GlowConfig(image_shape=(2, 4, 4), levels=2, depth=2, hidden_channels=8)).double()
+    x = images(64)
+    model.initialize(x)
+    step = model.levels[0].layers[0]
+    h, _ = model.squeeze(x)
+    y, _ = step.actnorm(h)
+    assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(8, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(8, dtype=torch.float64), atol=1e-9, rtol=0)
+    net = step.coupling.net
+    hidden = net.norm_in(net.conv_in(step.layers[1](y)[0][:, : step.coupling.split]))[0]
+    assert_close(hidden.mean(dim=(0, 2, 3)), torch.zeros(8, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert_close(hidden.std(dim=(0, 2, 3), unbiased=False), torch.ones(8, dtype=torch.float64), atol=1e-9, rtol=0)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
@@ -194,11 +234,14 @@ def test_fast_optimizer_step_equals_the_per_parameter_loop(name: str, save_memor
         assert not torch.equal(p, p0), name_
 
 
-def test_gradients_are_laid_out_like_their_parameters() -> None:
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gradients_are_laid_out_like_their_parameters(channels_last: bool) -> None:
     """Adam's fused CPU kernel reads a gradient in its parameter's memory order (torch 2.13 gives wrong
-    updates otherwise), so the channels-last model's backward must produce gradients laid out that way."""
-    model = Glow(GlowConfig(image_shape=(3, 8, 8), levels=2, depth=2, hidden_channels=8, num_classes=3))
-    assert model.config.channels_last
+    updates otherwise), and DistributedDataParallel copies every gradient whose strides differ from its
+    parameter's (warning "Grad strides do not match bucket view strides"): so every gradient must have
+    exactly its parameter's strides, size-1 axes included (a 1x1 kernel is contiguous in both layouts)."""
+    model = Glow(GlowConfig(image_shape=(3, 8, 8), levels=2, depth=2, hidden_channels=8, num_classes=3),
+                 ComputeConfig(channels_last=channels_last))  # fmt: skip
     x = images(4, (3, 8, 8), dtype=torch.float32)
     model.initialize(x)
     loss, _ = TrainingObjective(model)(x, torch.tensor([0, 1, 2, 0]))
@@ -206,10 +249,9 @@ def test_gradients_are_laid_out_like_their_parameters() -> None:
     checked = 0
     for name, p in model.named_parameters():
         assert p.grad is not None, name
-        for size, stride, grad_stride in zip(p.shape, p.stride(), p.grad.stride(), strict=True):
-            assert size == 1 or stride == grad_stride, name  # a size-1 axis's stride does not matter
-        checked += p.dim() == 4 and p.shape[-1] == 3 and not p.is_contiguous()
-    assert checked > 0  # channels-last 3x3 weights were among them
+        assert p.stride() == p.grad.stride(), name
+        checked += p.dim() == 4 and p.shape[-1] == 1 and p.shape[0] > 1  # the 1x1 kernels were among them
+    assert checked > 0
 
 
 def test_resume_keeps_this_runs_optimizer_kernel(tmp_path) -> None:
@@ -229,9 +271,10 @@ def test_resume_keeps_this_runs_optimizer_kernel(tmp_path) -> None:
 
 def test_bfloat16_on_a_gpu_without_it_is_a_one_line_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    model_config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8, precision="bfloat16")
+    model_config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8)
     with pytest.raises(ValueError, match="cannot compute in bfloat16: use --precision float32") as error:
-        Trainer(model_config, TrainConfig(batch_size=16, steps=1), load_dataset("digits"), None, tmp_path / "run",
+        train_config = TrainConfig(batch_size=16, steps=1, precision="bfloat16")
+        Trainer(model_config, train_config, load_dataset("digits"), None, tmp_path / "run",
                 dist=Distributed(device="cuda:0"))  # fmt: skip
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()  # nothing half-written

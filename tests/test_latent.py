@@ -14,6 +14,8 @@ from torch.testing import assert_close
 from conftest import randomize, tiny_config
 from glowtorch import Glow, save_model
 from glowtorch.cli import main
+from glowtorch.distributed import Distributed
+from glowtorch.evaluate import score_images
 from glowtorch.latent import (
     attribute_directions,
     decode_images,
@@ -21,7 +23,6 @@ from glowtorch.latent import (
     interpolate,
     manipulate,
     model_fingerprint,
-    score_images,
     slerp,
     temperature_grid,
 )
@@ -105,12 +106,32 @@ def test_scores_are_per_image_and_separate_datasets() -> None:
     model = small_model()
     noise = pixels(20)
     flat = torch.full((20, 1, 8, 8), 128, dtype=torch.uint8)
-    s_noise, s_flat = score_images(model, noise), score_images(model, flat)
+    s_noise, s_flat = score_images(model, noise).bits_per_dim, score_images(model, flat).bits_per_dim
     assert s_noise.shape == (20,) and s_noise.dtype == torch.float64
-    assert torch.equal(score_images(model, noise), s_noise), "fixed seed: repeatable"
+    assert torch.equal(score_images(model, noise).bits_per_dim, s_noise), "fixed seed: repeatable"
     assert s_noise.mean() != s_flat.mean()
     with pytest.raises(ValueError, match="model expects"):
         score_images(model, pixels(2, (3, 8, 8)))
+
+
+def test_scores_do_not_depend_on_batching_or_processes() -> None:
+    """Image i's noise depends on (seed, draw, i) alone: any batch size and any split over processes
+    give the same per-image bits/dim, so evaluate (batches of 500) and score agree."""
+
+    class FakeRanks(Distributed):  # each "process" keeps its own part; the sum is the all-reduce
+        def all_reduce_sum(self, tensor):
+            return tensor
+
+    model = small_model()
+    images = pixels(1203, seed=3)
+    reference = score_images(model, images, batch_size=500, draws=2, seed=9).bits_per_dim
+    # equal up to float32 rounding (convolutions of other batch sizes add in another order)
+    assert_close(score_images(model, images, batch_size=37, draws=2, seed=9).bits_per_dim, reference, rtol=1e-6, atol=0)
+    parts = [score_images(model, images, batch_size=300, draws=2, seed=9, dist=FakeRanks(r, 3)) for r in range(3)]
+    assert all((p.bits_per_dim > 0).sum() < len(images) for p in parts)  # each scored only its share
+    assert_close(sum(p.bits_per_dim for p in parts), reference, rtol=1e-6, atol=0)
+    other_seed = score_images(model, images, draws=2, seed=10).bits_per_dim
+    assert (other_seed - reference).abs().max() > 1e-4  # the noise itself matters far more than rounding
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -204,6 +225,13 @@ def test_score_and_plot_commands(tmp_path, capsys) -> None:
     assert lines[0] == "dataset,index,bits_per_dim"
     assert len(lines) == 1 + 50 + 1  # folder: every 10th image is the test split, so 12 images give 1
     assert (tmp_path / "scores.png").is_file()
+    # evaluate and score are one computation: the same model, data and seed give the same bits/dim
+    code, _, _ = run(capsys, "score", run_dir, "--dataset", "digits", "--seed", "7", "--batch-size", "64",
+                     "-o", tmp_path / "all.csv")  # fmt: skip
+    everything = [float(line.split(",")[2]) for line in (tmp_path / "all.csv").read_text().splitlines()[1:]]
+    code, out, _ = run(capsys, "evaluate", run_dir, "--dataset", "digits", "--seed", "7", "--no-progress")
+    assert code == 0 and len(everything) == 297
+    assert float(out.split(":")[1].split()[0]) == pytest.approx(sum(everything) / len(everything), abs=1e-4)
     assert run(capsys, "plot", run_dir, "-o", tmp_path / "p.png")[0] == 0
     assert Image.open(tmp_path / "p.png").size[0] > 500
 

@@ -150,12 +150,12 @@ def test_affine_scale_is_sigmoid_of_h_plus_two() -> None:
 
 def test_split_prior_starts_standard_normal() -> None:
     split = Split(6)
-    kept, z = split(torch.randn(2, 6, 4, 4))
+    kept, z = split.split(torch.randn(2, 6, 4, 4))
     assert kept.shape == (2, 3, 4, 4) and z.shape == (2, 3, 4, 4)
     mean, log_std = split.prior(kept)
     assert_close(mean, torch.zeros_like(z))
     assert_close(log_std, torch.zeros_like(z))
-    assert_close(split.inverse(kept, z).shape, torch.Size([2, 6, 4, 4]))
+    assert torch.equal(split.merge(kept, z), torch.cat([kept, z], 1))
 
 
 def test_squeeze_moves_2x2_blocks_to_channels() -> None:

@@ -10,8 +10,8 @@ from torch.testing import assert_close
 
 from conftest import random_model
 from glowtorch import bits_per_dim, dequantize, nll_bits_per_dim, to_uint8
-from glowtorch.data import Dataset
-from glowtorch.train import evaluate_bits_per_dim, step_generator
+from glowtorch.data import Dataset, step_generator
+from glowtorch.evaluate import evaluate_bits_per_dim
 
 
 @pytest.mark.parametrize("n_bits", [1, 5, 8])

@@ -19,9 +19,10 @@ from torch.testing import assert_close
 
 from conftest import randomize
 from glowtorch import GlowConfig
+from glowtorch.checkpoint import checkpoint_paths, load_training_state
 from glowtorch.data import load_dataset
 from glowtorch.layers import ActNorm, AdditiveCoupling, AffineCoupling, InvertibleConv1x1, InvertibleConv1x1LU
-from glowtorch.train import TrainConfig, Trainer, checkpoint_paths, load_training_state
+from glowtorch.train import TrainConfig, Trainer
 
 ARGS = ["train", "--dataset", "digits", "--levels", "2", "--depth", "2", "--hidden-channels", "16",
         "--batch-size", "16", "--init-images", "32", "--eval-every", "10", "--no-progress",

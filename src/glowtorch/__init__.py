@@ -3,11 +3,12 @@
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_model, save_model
 from .metrics import bits_per_dim, nll_bits_per_dim
-from .model import Glow, GlowConfig, NotInitializedError
+from .model import ComputeConfig, Glow, GlowConfig, NotInitializedError
 from .preprocess import dequantize, to_uint8
 
 __all__ = [
     "CheckpointError",
+    "ComputeConfig",
     "Glow",
     "GlowConfig",
     "NotInitializedError",

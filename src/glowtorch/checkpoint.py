@@ -1,39 +1,45 @@
-"""Model checkpoints: ``config.json`` + ``model.safetensors`` in one directory (no pickle)."""
+"""What training and users save and load.
+
+- A model: ``config.json`` (the architecture) + ``model.safetensors`` in one directory (no pickle).
+- A training state: ``RUN/checkpoints/step_N.pt`` (model, EMA, optimizer, counters, RNG), written
+  atomically and loaded with ``torch.load(weights_only=True)``.
+- Where a command finds a model: a model directory or a run directory holding ``model/``.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
-import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write, first_line
 from .model import Glow, GlowConfig
 
-__all__ = ["CheckpointError", "atomic_write", "load_model", "save_model"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_paths",
+    "load_model",
+    "load_training_state",
+    "resolve_checkpoint",
+    "rng_state",
+    "save_model",
+    "save_training_state",
+    "set_rng_state",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CHECKPOINT_PREFIX = "step_"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Calls ``write(temporary_path)``, fsyncs, then renames onto ``path``: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_model(model: Glow, directory: str | Path, metadata: dict[str, str] | None = None) -> Path:
@@ -54,6 +60,7 @@ def save_model(model: Glow, directory: str | Path, metadata: dict[str, str] | No
 
 
 def load_config(directory: str | Path) -> GlowConfig:
+    """The ``GlowConfig`` of a model directory's ``config.json``."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -64,8 +71,9 @@ def load_config(directory: str | Path) -> GlowConfig:
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glow:
-    """Loads a model saved by ``save_model``; its ActNorm layers keep their saved state."""
-    directory = Path(directory)
+    """Loads a model saved by ``save_model`` (from its directory, or a run directory holding ``model/``);
+    its ActNorm layers keep their saved state. It computes with the default ``ComputeConfig``."""
+    directory = resolve_checkpoint(directory)
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
@@ -87,3 +95,71 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glo
         )
     model.load_state_dict(state)
     return model
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model directory (config.json + model.safetensors) or a run directory holding ``model/``."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"{p} is not a checkpoint: not found (pass a model directory with config.json and "
+            "model.safetensors, or a run directory)"
+        )
+    if (p / CONFIG_NAME).is_file():
+        return p
+    if (p / "model" / CONFIG_NAME).is_file():
+        return p / "model"
+    raise CheckpointError(f"{p} is not a checkpoint: expected config.json and model.safetensors in it or in {p}/model")
+
+
+# --------------------------------------------------------------------------- training state
+def rng_state() -> dict:
+    """The global random states (torch, NumPy, Python) as tensors and strings (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": repr(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+
+
+def checkpoint_paths(run_dir: str | Path) -> list[Path]:
+    """Training-state files of a run, oldest first."""
+    return sorted((Path(run_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt"))
+
+
+def save_training_state(run_dir: str | Path, state: dict, step: int, keep: int) -> Path:
+    """Writes ``checkpoints/step_N.pt`` atomically and keeps the newest ``keep`` of them."""
+    directory = Path(run_dir) / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{CHECKPOINT_PREFIX}{step:08d}.pt"
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    for old in checkpoint_paths(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_training_state(run_dir: str | Path) -> dict:
+    """The newest readable training state of ``run_dir`` (a corrupt newest file falls back to an older one)."""
+    errors = []
+    for path in reversed(checkpoint_paths(run_dir)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a glowtorch training state")
+            return state
+        except Exception as error:  # noqa: BLE001 - any unreadable file: try the previous one
+            errors.append(f"{path.name}: {first_line(error)[:120]}")
+    if errors:
+        raise CheckpointError(f"no readable training state in {Path(run_dir) / 'checkpoints'} ({'; '.join(errors)})")
+    raise CheckpointError(
+        f"nothing to resume: {Path(run_dir) / 'checkpoints'} holds no training state; train without --resume"
+    )

@@ -15,6 +15,7 @@ import pickle
 import struct
 import tarfile
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .files import first_line
+
 __all__ = [
     "DATASETS",
     "DataError",
     "Dataset",
+    "epoch_order",
     "load_dataset",
     "random_flip",
+    "random_shift",
     "read_image_files",
     "resize_images",
+    "step_generator",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -102,6 +108,17 @@ def resize_images(images: Tensor, size: int | tuple[int, int]) -> Tensor:
         )
         out.append(resized.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator determined by (seed, step, stream): the randomness of one training step (or one block
+    of evaluation noise), so that a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + stream) % (2**63))
+
+
+def epoch_order(num_images: int, seed: int, epoch: int) -> Tensor:
+    """The training images' order in ``epoch`` (a permutation determined by seed and epoch)."""
+    return torch.randperm(num_images, generator=step_generator(seed, epoch, stream=1))
 
 
 def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -196,8 +213,8 @@ def _read_idx(path: Path) -> np.ndarray:
             raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
         shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
         array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    except (OSError, EOFError, struct.error, gzip.BadGzipFile) as error:
-        raise DataError(f"{path} is not a readable IDX file ({error})") from None
+    except (OSError, EOFError, struct.error, zlib.error) as error:  # zlib.error: damaged deflate data
+        raise DataError(f"{path} is not a readable IDX file ({first_line(error)})") from None
     if array.size != int(np.prod(shape)):
         raise DataError(f"{path} is truncated: header says {shape}, found {array.size} values")
     return array.reshape(shape)
@@ -248,8 +265,12 @@ def load_cifar10(data_dir: Path | None, train: bool) -> Dataset:
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     if not all((directory / n).is_file() for n in names) and data_dir is None:
         fetch([RemoteFile("cifar-10-python.tar.gz", CIFAR_URL, CIFAR_MD5)], directory, "CIFAR-10")
-        with tarfile.open(directory / "cifar-10-python.tar.gz") as tar:
-            tar.extractall(directory, filter="data")
+        archive = directory / "cifar-10-python.tar.gz"
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(directory, filter="data")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            raise DataError(f"{archive} is not a readable CIFAR-10 archive ({first_line(error)})") from None
         directory = directory / "cifar-10-batches-py"
     missing = [n for n in names if not (directory / n).is_file()]
     if missing:
@@ -263,8 +284,8 @@ def load_cifar10(data_dir: Path | None, train: bool) -> Dataset:
                 batch = pickle.load(f, encoding="bytes")
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(batch[b"labels"])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
-            raise DataError(f"{directory / name} is not a CIFAR-10 python batch ({error})") from None
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as error:
+            raise DataError(f"{directory / name} is not a CIFAR-10 python batch ({first_line(error)})") from None
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     return Dataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), classes)
 
@@ -276,6 +297,7 @@ SVHN_MD5 = {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.m
 def load_svhn(data_dir: Path | None, train: bool) -> Dataset:
     """SVHN cropped digits from ``train_32x32.mat`` / ``test_32x32.mat`` (label 10 means digit 0)."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     directory = Path(data_dir) if data_dir else default_cache_dir() / "svhn"
     name = "train_32x32.mat" if train else "test_32x32.mat"
@@ -285,8 +307,8 @@ def load_svhn(data_dir: Path | None, train: bool) -> Dataset:
         mat = loadmat(directory / name)
         images = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)).astype(np.uint8)  # (H, W, C, N) -> (N, C, H, W)
         labels = mat["y"].reshape(-1).astype(np.int64) % 10
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{directory / name} is not an SVHN .mat file ({error})") from None
+    except (OSError, ValueError, KeyError, TypeError, MatReadError, zlib.error) as error:
+        raise DataError(f"{directory / name} is not an SVHN .mat file ({first_line(error)})") from None
     return Dataset(torch.from_numpy(images), torch.from_numpy(labels), [str(i) for i in range(10)])
 
 
@@ -454,3 +476,19 @@ def load_dataset(
     if image_size and dataset.images.shape[2:] != (image_size, image_size):
         dataset.images = resize_images(dataset.images, image_size)
     return dataset
+
+
+def load_dataset_for(
+    image_shape: tuple[int, int, int], name: str, data_dir: str | Path | None = None, train: bool = False
+) -> Dataset:
+    """A dataset shaped for a model of ``image_shape`` (C, H, W): image folders and CelebA are resized to
+    its size and read with its channel count; other data of another shape is refused."""
+    channels, height, _ = image_shape
+    resizable = name in ("folder", "celeba")
+    data = load_dataset(name, data_dir, train=train, image_size=height if resizable else None, channels=channels)
+    if data.image_shape != tuple(image_shape):
+        raise DataError(
+            f"{name} images are {data.image_shape} (C, H, W) but the model expects {tuple(image_shape)}; "
+            "use data of the model's size and channel count"
+        )
+    return data

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import atomic_write
+
 __all__ = ["make_grid", "save_gif", "save_grid"]
 
 
@@ -33,8 +35,6 @@ def save_grid(images: Tensor, path: str | Path, columns: int | None = None, scal
     one image with ``padding=0`` is written as is."""
     from PIL import Image
 
-    from .checkpoint import atomic_write
-
     grid = make_grid(images, columns, padding)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -46,8 +46,6 @@ def save_grid(images: Tensor, path: str | Path, columns: int | None = None, scal
 def save_gif(frames: Tensor, path: str | Path, duration_ms: int = 120, scale: int = 1, bounce: bool = True) -> Path:
     """Writes frames ``(N, C, H, W)`` uint8 as a looping animated GIF (played forth and back with ``bounce``)."""
     from PIL import Image
-
-    from .checkpoint import atomic_write
 
     arrays = [make_grid(frame.unsqueeze(0), 1, padding=0) for frame in frames]
     if scale > 1:

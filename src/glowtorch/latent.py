@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write
-from .metrics import nll_bits_per_dim
+from .files import atomic_write
 from .model import Glow
 from .preprocess import dequantize, to_uint8
 
@@ -28,10 +28,13 @@ __all__ = [
     "load_latents",
     "manipulate",
     "model_fingerprint",
+    "read_directions",
+    "read_latents",
     "save_latents",
-    "score_images",
     "slerp",
     "temperature_grid",
+    "write_directions",
+    "write_latents",
 ]
 
 
@@ -180,31 +183,10 @@ def manipulate(
     return decode_images(model, shifted, None if y is None else y.expand(len(scales)))
 
 
-@torch.inference_mode()
-def score_images(
-    model: Glow,
-    images: Tensor,
-    y: Tensor | None = None,
-    batch_size: int = 256,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Per-image bits/dim ``(N,)`` (float64), the likelihood score used for out-of-distribution detection.
-    Dequantization noise comes from ``generator`` (default: seeded with 1234, so scores repeat)."""
-    model.eval()
-    config = model.config
-    scores = []
-    generator = generator or torch.Generator().manual_seed(1234)
-    for start in range(0, len(images), batch_size):
-        x = _model_input(model, images[start : start + batch_size], generator, noise=True)
-        labels = None if y is None else y[start : start + batch_size]
-        scores.append(nll_bits_per_dim(model.log_prob(x, labels), config.num_dims, config.n_bits).double().cpu())
-    return torch.cat(scores)
-
-
 # --------------------------------------------------------------------------- files
 def model_fingerprint(model: Glow) -> str:
     """A short hash of the model's config and weights: ties latent and direction files to their model."""
-    digest = hashlib.sha256(json.dumps(model.config.architecture(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -233,3 +215,83 @@ def load_latents(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+# Latent and direction files: safetensors with tensors z0, z1, ... (finest level first) and string
+# metadata naming the kind of file ("glowtorch": "latents" / "directions") and the model's fingerprint.
+def _levels(tensors: dict[str, Tensor]) -> list[Tensor]:
+    return [tensors[f"z{i}"] for i in range(sum(k.startswith("z") for k in tensors))]
+
+
+def _check_kind(model: Glow, metadata: dict[str, str], path: str | Path, kind: str) -> None:
+    if metadata.get("glowtorch") != kind:
+        raise ValueError(f"{path} is not a glowtorch {kind} file")
+    if metadata.get("model_fingerprint") != model_fingerprint(model):
+        raise ValueError(f"{path} was made with another model; recompute it with this checkpoint")
+
+
+@dataclass(frozen=True)
+class LatentFile:
+    """What ``read_latents`` returns: ``zs`` (finest level first), labels ``y`` or None, the images'
+    ``names``, the ``checkpoint`` they were encoded with (or None) and the model's ``fingerprint``."""
+
+    zs: list[Tensor]
+    y: Tensor | None
+    names: list[str]
+    checkpoint: str | None
+    fingerprint: str | None
+
+    def check_model(self, model: Glow, path: str | Path) -> None:
+        """``ValueError`` unless ``model`` is the model these latents were encoded with."""
+        _check_kind(model, {"glowtorch": "latents", "model_fingerprint": self.fingerprint or ""}, path, "latents")
+
+
+def write_latents(
+    path: str | Path,
+    model: Glow,
+    zs: Sequence[Tensor],
+    y: Tensor | None = None,
+    names: Sequence[str] | None = None,
+    checkpoint: str | Path | None = None,
+) -> Path:
+    """Writes the latents of ``len(zs[0])`` images with their labels, names and model (atomically)."""
+    tensors = {f"z{i}": z for i, z in enumerate(zs)}
+    if y is not None:
+        tensors["y"] = y
+    metadata = {"glowtorch": "latents", "model_fingerprint": model_fingerprint(model)}
+    if names is not None:
+        metadata["files"] = json.dumps(list(names))
+    if checkpoint is not None:
+        metadata["checkpoint"] = str(Path(checkpoint).resolve())
+    return save_latents(path, tensors, metadata)
+
+
+def read_latents(path: str | Path) -> LatentFile:
+    """Reads a file written by ``write_latents`` (or ``glowtorch encode``)."""
+    tensors, metadata = load_latents(path)
+    if metadata.get("glowtorch") != "latents":
+        raise ValueError(f"{path} is not a glowtorch latents file")
+    zs = _levels(tensors)
+    names = json.loads(metadata.get("files", "[]"))
+    return LatentFile(zs, tensors.get("y"), names, metadata.get("checkpoint"), metadata.get("model_fingerprint"))
+
+
+def write_directions(
+    path: str | Path, model: Glow, directions: Sequence[Tensor], attributes: Sequence[str], dataset: str
+) -> Path:
+    """Writes attribute directions (a list over levels of ``(A, *latent_shape)``) with their names."""
+    metadata = {
+        "glowtorch": "directions",
+        "model_fingerprint": model_fingerprint(model),
+        "attributes": json.dumps(list(attributes)),
+        "dataset": dataset,
+    }
+    return save_latents(path, {f"z{i}": d for i, d in enumerate(directions)}, metadata)
+
+
+def read_directions(path: str | Path, model: Glow) -> dict[str, list[Tensor]]:
+    """The directions of a file written by ``write_directions`` for ``model``: ``{attribute: [per level]}``."""
+    tensors, metadata = load_latents(path)
+    _check_kind(model, metadata, path, "directions")
+    levels = _levels(tensors)
+    return {name: [d[i] for d in levels] for i, name in enumerate(json.loads(metadata["attributes"]))}

@@ -20,6 +20,7 @@ __all__ = [
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
+    "Coupling",
     "CouplingNetwork",
     "FlowSequence",
     "FlowStep",
@@ -120,11 +121,35 @@ def _cached_inverse(layer: nn.Module, weight) -> Tensor:
     return cache[1]
 
 
-class InvertibleConv1x1(nn.Module):
+class _Conv1x1(nn.Module):
+    """An invertible 1x1 convolution given by its ``C x C`` matrix: subclasses define ``weight_matrix``,
+    ``log_abs_det`` and ``inverse_matrix``. logdet = H * W * log|det W|."""
+
+    def weight_matrix(self) -> Tensor:
+        raise NotImplementedError
+
+    def log_abs_det(self) -> Tensor:
+        raise NotImplementedError
+
+    def inverse_matrix(self) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = x.shape[2], x.shape[3]
+        y = F.conv2d(x, self.weight_matrix()[:, :, None, None])
+        return y, (height * width * self.log_abs_det()).expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = y.shape[2], y.shape[3]
+        x = F.conv2d(y, self.inverse_matrix()[:, :, None, None])
+        return x, (-height * width * self.log_abs_det()).expand(y.shape[0])
+
+
+class InvertibleConv1x1(_Conv1x1):
     """Invertible 1x1 convolution with an unconstrained weight ``W`` (``C x C``).
 
-    Initialized to a random rotation. logdet = H * W * log|det W|, computed in float64;
-    the inverse weight is computed in float64 and cast back.
+    Initialized to a random rotation. log|det W| is computed in float64; the inverse weight is
+    computed in float64 and cast back.
     """
 
     def __init__(self, channels: int, weight: Tensor | None = None) -> None:
@@ -143,18 +168,8 @@ class InvertibleConv1x1(nn.Module):
     def inverse_matrix(self) -> Tensor:
         return _cached_inverse(self, lambda: self.weight)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        height, width = x.shape[2], x.shape[3]
-        y = F.conv2d(x, self.weight_matrix()[:, :, None, None])
-        return y, (height * width * self.log_abs_det()).expand(x.shape[0])
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        height, width = y.shape[2], y.shape[3]
-        x = F.conv2d(y, self.inverse_matrix()[:, :, None, None])
-        return x, (-height * width * self.log_abs_det()).expand(y.shape[0])
-
-
-class InvertibleConv1x1LU(nn.Module):
+class InvertibleConv1x1LU(_Conv1x1):
     """Invertible 1x1 convolution, LU-decomposed: ``W = P L (U + diag(sign(s) exp(log|s|)))``.
 
     ``P`` (permutation) and ``sign(s)`` are fixed buffers; ``L`` (unit lower triangular),
@@ -186,9 +201,6 @@ class InvertibleConv1x1LU(nn.Module):
 
     def inverse_matrix(self) -> Tensor:
         return _cached_inverse(self, self.weight_matrix)
-
-    forward = InvertibleConv1x1.forward
-    inverse = InvertibleConv1x1.inverse
 
 
 class ReversePermutation(nn.Module):
@@ -227,12 +239,10 @@ class ZeroConv2d(nn.Module):
         nn.init.zeros_(self.conv.bias)
         self.log_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.log_scale_factor = log_scale_factor
-        self.fold: bool = True  # set by the model: one convolution with pre-scaled weights
 
     def forward(self, x: Tensor) -> Tensor:
+        """``conv(x) * exp(3 * log_scale)``, as one convolution with pre-scaled weights."""
         scale = torch.exp(self.log_scale * self.log_scale_factor)
-        if not self.fold:
-            return self.conv(x) * scale
         return scaled_conv(self.conv, x, self.conv.bias, scale.flatten())
 
 
@@ -242,10 +252,10 @@ def scaled_conv(conv: nn.Conv2d, x: Tensor, bias: Tensor, scale: Tensor) -> Tens
     return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias * scale, padding=conv.padding)
 
 
-def conv_actnorm(conv: nn.Conv2d, actnorm: ActNorm, x: Tensor, fold: bool) -> Tensor:
-    """``actnorm(conv(x))`` for a bias-free ``conv``; with ``fold`` one convolution carrying the ActNorm,
-    ``(W * x + b) e^s``. ActNorm's data-dependent initialization always takes the unfolded path."""
-    if not fold or actnorm.initialize_next:
+def conv_actnorm(conv: nn.Conv2d, actnorm: ActNorm, x: Tensor) -> Tensor:
+    """``actnorm(conv(x))`` for a bias-free ``conv`` as one convolution carrying the ActNorm,
+    ``(W * x + b) e^s``; ActNorm's data-dependent initialization takes the unfolded path."""
+    if actnorm.initialize_next:
         return actnorm(conv(x))[0]
     return scaled_conv(conv, x, actnorm.bias.flatten(), torch.exp(actnorm.log_scale).flatten())
 
@@ -267,17 +277,17 @@ class CouplingNetwork(nn.Module):
         for conv in (self.conv_in, self.conv_hidden):
             nn.init.normal_(conv.weight, 0.0, 0.05)
         self.conv_out = ZeroConv2d(hidden_channels, out_channels)
-        self.fold: bool = True  # set by the model: ActNorms folded into the convolutions before them
 
     def forward(self, x: Tensor) -> Tensor:
         # In place: nothing keeps the pre-activation for backward (ReLU's backward uses its output).
-        h = F.relu_(conv_actnorm(self.conv_in, self.norm_in, x, self.fold))
-        h = F.relu_(conv_actnorm(self.conv_hidden, self.norm_hidden, h, self.fold))
+        h = F.relu_(conv_actnorm(self.conv_in, self.norm_in, x))
+        h = F.relu_(conv_actnorm(self.conv_hidden, self.norm_hidden, h))
         return self.conv_out(h)
 
 
-class _Coupling(nn.Module):
-    """Shared split of channels: the first ``C // 2`` condition, the rest are transformed."""
+class Coupling(nn.Module):
+    """A coupling layer: the first ``C // 2`` channels pass through and condition an element-wise,
+    invertible map of the rest; subclasses define the map."""
 
     out_factor = 1
 
@@ -285,8 +295,13 @@ class _Coupling(nn.Module):
         super().__init__()
         self.split = channels // 2
         self.net = CouplingNetwork(self.split, self.out_factor * (channels - self.split), hidden_channels)
-        # Set by the model: None (float32/float64 as the input) or a dtype for autocast.
+        # None: the network computes in the input's dtype; else under autocast to this dtype.
         self.autocast_dtype: torch.dtype | None = None
+
+    def set_network_dtype(self, dtype: torch.dtype | None) -> None:
+        """Runs the coupling network under autocast to ``dtype`` (e.g. ``torch.bfloat16``), or in the
+        input's own dtype with None. The element-wise map and its logdet stay in the input's dtype."""
+        self.autocast_dtype = dtype
 
     def network(self, x_cond: Tensor) -> Tensor:
         if self.autocast_dtype is None:
@@ -295,28 +310,30 @@ class _Coupling(nn.Module):
             h = self.net(x_cond)
         return h.to(x_cond.dtype)
 
-    # Each coupling defines how the network's output acts on the transformed half.
+    # Each coupling defines an element-wise map of the transformed half, given the network's output.
     def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
+        """The map's parameters from the conditioning half ``x_a``."""
         raise NotImplementedError
 
-    def _push(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
-    def _pull(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_inverse(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
-    def _logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+        """log|det| of the forward map per sample ``(B,)``."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
         coefficients = self._coefficients(x_a)
-        return torch.cat([x_a, self._push(x_b, coefficients)], 1), self._logdet(x, coefficients)
+        return torch.cat([x_a, self._map_forward(x_b, coefficients)], 1), self._map_logdet(x, coefficients)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
         coefficients = self._coefficients(y_a)
-        return torch.cat([y_a, self._pull(y_b, coefficients)], 1), -self._logdet(y, coefficients)
+        return torch.cat([y_a, self._map_inverse(y_b, coefficients)], 1), -self._map_logdet(y, coefficients)
 
     def rebuild(self, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
         """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
@@ -324,28 +341,28 @@ class _Coupling(nn.Module):
         y_a, y_b = y[:, : self.split], y[:, self.split :]
         x_a = y_a.detach().requires_grad_(True)
         coefficients = self._coefficients(x_a)
-        x_b = self._pull(y_b, coefficients).detach().requires_grad_(True)
-        y_again = torch.cat([x_a, self._push(x_b, coefficients)], 1)
-        return (x_a, x_b), y_again, self._logdet(y, coefficients)
+        x_b = self._map_inverse(y_b, coefficients).detach().requires_grad_(True)
+        y_again = torch.cat([x_a, self._map_forward(x_b, coefficients)], 1)
+        return (x_a, x_b), y_again, self._map_logdet(y, coefficients)
 
 
-class AdditiveCoupling(_Coupling):
+class AdditiveCoupling(Coupling):
     """``y_b = x_b + NN(x_a)``, ``y_a = x_a``; logdet 0 (volume preserving)."""
 
     def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
         return (self.network(x_a),)
 
-    def _push(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         return x_b + coefficients[0]
 
-    def _pull(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_inverse(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         return y_b - coefficients[0]
 
-    def _logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         return x.new_zeros(x.shape[0])
 
 
-class AffineCoupling(_Coupling):
+class AffineCoupling(Coupling):
     """``y_b = (x_b + shift) * scale`` with ``shift, h = NN(x_a)`` and ``scale = sigmoid(h + 2)``.
 
     logdet = sum(log scale). The network's output channels alternate shift and scale (reference code).
@@ -357,15 +374,15 @@ class AffineCoupling(_Coupling):
         h = self.network(x_a)
         return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
 
-    def _push(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         shift, log_scale = coefficients
         return (x_b + shift) * torch.exp(log_scale)
 
-    def _pull(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_inverse(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         shift, log_scale = coefficients
         return y_b * torch.exp(-log_scale) - shift
 
-    def _logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map_logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         return coefficients[1].flatten(1).sum(1)
 
 
@@ -427,14 +444,17 @@ class FlowStep(FlowSequence):
                 COUPLINGS[coupling](channels, hidden_channels),
             ]
         )
-        self.fold: bool = True  # set by the model: ActNorm folded into a 1x1 convolution that follows it
 
     def _foldable(self) -> bool:
-        conv = isinstance(self.layers[1], (InvertibleConv1x1, InvertibleConv1x1LU))
-        return self.fold and conv and not self.actnorm.initialize_next
+        """ActNorm runs inside a 1x1 convolution after it, except while it initializes from data."""
+        return isinstance(self.layers[1], _Conv1x1) and not self.actnorm.initialize_next
+
+    def unfolded(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The step as its three layers one after another (the reference the folded path equals)."""
+        return super().forward(x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """With ``fold``, ActNorm and the 1x1 convolution run as one convolution:
+        """With a 1x1 convolution, ActNorm and the convolution run as one convolution:
         ``W ((x + b) e^s) = (W diag(e^s)) x + W diag(e^s) b``; logdets add as before."""
         if not self._foldable():
             return super().forward(x)
@@ -446,7 +466,7 @@ class FlowStep(FlowSequence):
         return y, logdet + coupling_logdet
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """With ``fold``: ``x = diag(e^-s) W^-1 h - b``, one convolution with bias."""
+        """With a 1x1 convolution: ``x = diag(e^-s) W^-1 h - b``, one convolution with bias."""
         if not self._foldable():
             return super().inverse(y)
         actnorm, conv, coupling = self.layers
@@ -461,16 +481,17 @@ class FlowStep(FlowSequence):
         return self.layers[0]
 
     @property
-    def coupling(self) -> _Coupling:
+    def coupling(self) -> Coupling:
         return self.layers[2]
 
 
 class Split(nn.Module):
     """Factors out half the channels, with a learned Gaussian prior conditioned on the kept half.
 
-    ``forward(h) -> (kept, z)`` splits ``(B, C, H, W)`` into ``(B, C - C//2, H, W)`` and
-    ``(B, C//2, H, W)``; ``prior(kept) -> (mean, log_std)`` of ``z``, from a zero-initialized
-    conv (standard normal at initialization). The split itself has unit Jacobian.
+    Not a flow layer of its own (the split has unit Jacobian and no logdet): ``split(h) -> (kept, z)``
+    cuts ``(B, C, H, W)`` into ``(B, C - C//2, H, W)`` and ``(B, C//2, H, W)``, ``merge(kept, z)`` puts
+    them back together, and ``prior(kept) -> (mean, log_std)`` of ``z`` comes from a zero-initialized
+    conv (standard normal at initialization).
     """
 
     def __init__(self, channels: int) -> None:
@@ -478,10 +499,10 @@ class Split(nn.Module):
         self.kept_channels = channels - channels // 2
         self.prior_net = ZeroConv2d(self.kept_channels, 2 * (channels // 2))
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def split(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return h[:, : self.kept_channels], h[:, self.kept_channels :]
 
-    def inverse(self, kept: Tensor, z: Tensor) -> Tensor:
+    def merge(self, kept: Tensor, z: Tensor) -> Tensor:
         return torch.cat([kept, z], 1)
 
     def prior(self, kept: Tensor) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .layers import FlowSequence
+from .layers import Coupling, FlowSequence
 
 __all__ = ["MEMORY_MODES", "run_steps"]
 
@@ -48,7 +48,7 @@ class _ReversibleSequence(torch.autograd.Function):
         for layer in reversed(_leaf_layers(sequence)):
             layer_params = [p for p in layer.parameters() if p.requires_grad]
             with torch.enable_grad():
-                if hasattr(layer, "rebuild"):
+                if isinstance(layer, Coupling):
                     inputs, y_again, logdet = layer.rebuild(y)
                 else:
                     with torch.no_grad():

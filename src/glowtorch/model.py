@@ -15,11 +15,12 @@ from .memory import MEMORY_MODES, run_steps
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
-__all__ = ["Glow", "GlowConfig", "NotInitializedError"]
+__all__ = ["ComputeConfig", "Glow", "GlowConfig", "NotInitializedError"]
 
 
-def dataclass_from_dict(cls, values: dict, what: str):
-    """``cls(**values)``, refusing unknown keys with a message naming them."""
+def dataclass_from_dict(cls, values: dict, what: str, ignore: tuple[str, ...] = ()):
+    """``cls(**values)`` without the keys in ``ignore``, refusing other unknown keys with a message naming them."""
+    values = {k: v for k, v in values.items() if k not in ignore}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"unknown {what}: {', '.join(unknown)}")
@@ -32,10 +33,11 @@ class NotInitializedError(RuntimeError):
 
 @dataclass(frozen=True)
 class GlowConfig:
-    """Architecture of a Glow model. Every field is saved in ``config.json``.
+    """Architecture of a Glow model: what it is, saved as ``config.json`` (how it computes is a
+    ``ComputeConfig``, set with ``Glow.set_compute``).
 
     Attributes:
-        image_shape: ``(C, H, W)`` of the model's input; H and W divisible by ``2**levels``.
+        image_shape: (C, H, W) of the model's input; H and W divisible by 2**levels.
         levels: L, the number of scales (squeeze -> steps -> split).
         depth: K, steps of flow per level.
         hidden_channels: width of the coupling networks.
@@ -44,32 +46,20 @@ class GlowConfig:
         learn_top: learn the top prior's mean and log-std (zero-initialized).
         num_classes: > 0 makes the model class-conditional (top prior and latent classifier).
         n_bits: bits per pixel value the data is reduced to (1..8).
-        memory: how training backprop stores activations: "standard", "checkpoint" (per step) or
-            "reversible" (none: rebuilt from the outputs with the inverse). Results are the same.
-        precision: "float32", or "bfloat16" for the coupling networks only (autocast); ActNorm, the
-            1x1 convolutions, logdets and priors stay in the model's dtype.
-        channels_last: keep convolution weights and activations in NHWC memory order (faster
-            convolutions on CPU, measured by ``benchmarks/bench_speed.py``). Results are the same.
-        fold_actnorm: run each ActNorm together with the convolution next to it as one convolution
-            (same function, fewer passes over the activations).
     """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
     levels: int = 3
     depth: int = 32
     hidden_channels: int = 512
-    coupling: str = "affine"
-    permutation: str = "lu"
+    coupling: str = dataclasses.field(default="affine", metadata={"choices": tuple(COUPLINGS)})
+    permutation: str = dataclasses.field(default="lu", metadata={"choices": tuple(PERMUTATIONS)})
     learn_top: bool = True
     num_classes: int = 0
     n_bits: int = 8
-    memory: str = "standard"
-    precision: str = "float32"
-    channels_last: bool = True
-    fold_actnorm: bool = True
 
-    # How to compute, not what: free to change between runs.
-    RUNTIME_FIELDS = ("memory", "precision", "channels_last", "fold_actnorm")
+    # Written by glowtorch 0.1.0 into config.json beside the architecture; read and ignored.
+    LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
@@ -93,10 +83,6 @@ class GlowConfig:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
-        if self.memory not in MEMORY_MODES:
-            raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def num_dims(self) -> int:
@@ -107,13 +93,34 @@ class GlowConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def architecture(self) -> dict:
-        """The fields that define the model's function and weights (``to_dict`` without runtime options)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
-
     @classmethod
     def from_dict(cls, values: dict) -> GlowConfig:
-        return dataclass_from_dict(cls, values, "GlowConfig fields")
+        """The config of a ``config.json``; the compute keys that older versions wrote there are ignored."""
+        return dataclass_from_dict(cls, values, "GlowConfig fields", ignore=cls.LEGACY_COMPUTE_KEYS)
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How a model computes, never what: free to change between runs and after loading.
+
+    Attributes:
+        memory: how training backprop stores activations: "standard", "checkpoint" (per step) or
+            "reversible" (none: rebuilt from the outputs with the inverse). Results are the same.
+        precision: "float32", or "bfloat16" for the coupling networks only (autocast); ActNorm, the
+            1x1 convolutions, logdets and priors stay in the model's dtype.
+        channels_last: keep convolution weights and activations in NHWC memory order (faster
+            convolutions on CPU, measured by ``benchmarks/bench_speed.py``). Results are the same.
+    """
+
+    memory: str = dataclasses.field(default="standard", metadata={"choices": MEMORY_MODES})
+    precision: str = dataclasses.field(default="float32", metadata={"choices": tuple(PRECISIONS)})
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 class Glow(nn.Module):
@@ -121,11 +128,13 @@ class Glow(nn.Module):
 
     Inputs ``x`` are ``(B, C, H, W)`` floats in [-0.5, 0.5) (see ``glowtorch.preprocess``).
     Latents ``zs`` are a list with one tensor per level, finest first; the last is the top latent.
+    How it computes (memory mode, precision, layout) is ``self.compute``, changed with ``set_compute``.
     """
 
-    def __init__(self, config: GlowConfig) -> None:
+    def __init__(self, config: GlowConfig, compute: ComputeConfig | None = None) -> None:
         super().__init__()
         self.config = config
+        self.compute = ComputeConfig()
         channels, height, width = config.image_shape
         self.levels = nn.ModuleList()
         self.splits = nn.ModuleList()
@@ -145,13 +154,6 @@ class Glow(nn.Module):
                 channels = split.kept_channels
         self.latent_shapes.append((channels, height, width))
         self.top_channels = channels
-        for module in self.modules():
-            if hasattr(module, "autocast_dtype"):
-                module.autocast_dtype = PRECISIONS[config.precision]
-            if hasattr(module, "fold"):
-                module.fold = config.fold_actnorm
-        if config.channels_last:
-            self.to(memory_format=torch.channels_last)
         self._compiled_decode = None
         self._compiled_sample = None
         # Top prior: (mean, log_std) interleaved on the channel axis, zero at init = standard normal.
@@ -162,6 +164,31 @@ class Glow(nn.Module):
             for linear in (self.label_prior, self.classifier):
                 nn.init.zeros_(linear.weight)
                 nn.init.zeros_(linear.bias)
+        self.set_compute(**dataclasses.asdict(compute or ComputeConfig()))
+
+    def flow_steps(self) -> list[FlowStep]:
+        """Every step of flow, finest level first."""
+        return [step for level in self.levels for step in level.layers]
+
+    def set_compute(
+        self, memory: str | None = None, precision: str | None = None, channels_last: bool | None = None
+    ) -> Glow:
+        """Changes how the model computes (see ``ComputeConfig``; None keeps a setting); returns the model.
+
+        Results stay the same up to float rounding (bfloat16 rounds more); the weights are unchanged.
+        """
+        changes = {"memory": memory, "precision": precision, "channels_last": channels_last}
+        self.compute = dataclasses.replace(self.compute, **{k: v for k, v in changes.items() if v is not None})
+        for step in self.flow_steps():
+            step.coupling.set_network_dtype(PRECISIONS[self.compute.precision])
+        layout = torch.channels_last if self.compute.channels_last else torch.contiguous_format
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                # A fresh tensor with the layout's own strides: ``.contiguous()`` keeps a 1x1 kernel's
+                # strides (it is contiguous either way), and its gradient, laid out by the convolution,
+                # would then differ from the weight (DistributedDataParallel copies such gradients).
+                module.weight.data = torch.empty_like(module.weight, memory_format=layout).copy_(module.weight)
+        return self
 
     # ----------------------------------------------------------------- checks
     def actnorms(self) -> list[ActNorm]:
@@ -197,7 +224,7 @@ class Glow(nn.Module):
 
     def _layout(self, x: Tensor) -> Tensor:
         """``x`` in the memory order the model computes in (NHWC with ``channels_last``)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.compute.channels_last else x
 
     def _check_labels(self, y: Tensor | None, batch: int) -> Tensor | None:
         if self.config.num_classes == 0:
@@ -249,7 +276,7 @@ class Glow(nn.Module):
                 h, _ = self.squeeze(h)
                 h, _ = steps(h)
                 if level < len(self.splits):
-                    h, _ = self.splits[level](h)
+                    h, _ = self.splits[level].split(h)
         finally:
             for actnorm in actnorms:
                 actnorm.initialize_next, actnorm.all_reduce_mean = False, None
@@ -269,11 +296,11 @@ class Glow(nn.Module):
         log_prior = x.new_zeros(x.shape[0])
         for level, steps in enumerate(self.levels):
             h, _ = self.squeeze(h)
-            h, step_logdet = run_steps(steps, h, self.config.memory)
+            h, step_logdet = run_steps(steps, h, self.compute.memory)
             logdet = logdet + step_logdet
             if level < len(self.splits):
                 split = self.splits[level]
-                h, z = split(h)
+                h, z = split.split(h)
                 log_prior = log_prior + gaussian_log_prob(z, *split.prior(h))
                 zs.append(z)
         zs.append(h)
@@ -331,7 +358,7 @@ class Glow(nn.Module):
         that the split of ``level`` puts back beside ``h`` (the kept half)."""
         for level in reversed(range(len(self.levels))):
             if level < len(self.splits):
-                h = self.splits[level].inverse(h, latent(level, h))
+                h = self.splits[level].merge(h, latent(level, h))
             h, _ = self.levels[level].inverse(h)
             h, _ = self.squeeze.inverse(h)
         return h

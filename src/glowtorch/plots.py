@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .files import atomic_write
+
 __all__ = ["plot_metrics", "plot_score_histogram", "read_metrics"]
 
 
@@ -25,8 +27,6 @@ def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .checkpoint import atomic_write
 
     rows = read_metrics(metrics_path)
     if not rows:
@@ -55,8 +55,6 @@ def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from .checkpoint import atomic_write
 
     values = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])

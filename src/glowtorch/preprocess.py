@@ -15,7 +15,7 @@ __all__ = ["dequantize", "to_uint8"]
 def dequantize(
     images: Tensor,
     n_bits: int = 8,
-    noise: bool = True,
+    noise: bool | Tensor = True,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
@@ -23,6 +23,7 @@ def dequantize(
 
     With ``noise`` the dequantization noise ``u`` is uniform in [0, 1) (drawn from ``generator``);
     without it ``u = 0.5``, the centre of each bin, so ``to_uint8`` gives the pixels back exactly.
+    A tensor ``noise`` of the images' shape is ``u`` itself.
     """
     if images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got {images.dtype}")
@@ -30,7 +31,11 @@ def dequantize(
         raise ValueError(f"n_bits must be between 1 and 8, got {n_bits}")
     bins = 2**n_bits
     k = torch.div(images, 2 ** (8 - n_bits), rounding_mode="floor").to(dtype)
-    if noise:
+    if isinstance(noise, Tensor):
+        if noise.shape != images.shape:
+            raise ValueError(f"noise must have the images' shape {tuple(images.shape)}, got {tuple(noise.shape)}")
+        u = noise.to(device=images.device, dtype=dtype)
+    elif noise:
         u = torch.rand(images.shape, generator=generator, dtype=dtype, device=images.device)
     else:
         u = torch.full_like(k, 0.5)

@@ -19,62 +19,81 @@ import copy
 import dataclasses
 import json
 import math
-import random
 import shutil
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, atomic_write, save_model
-from .data import Dataset, random_flip, random_shift
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    load_training_state,
+    rng_state,
+    save_model,
+    save_training_state,
+    set_rng_state,
+)
+from .data import Dataset, epoch_order, random_flip, random_shift, step_generator
 from .distributed import Distributed
+from .evaluate import evaluate_bits_per_dim
+from .files import atomic_write
 from .images import save_grid
 from .latent import temperature_grid
+from .memory import MEMORY_MODES
 from .metrics import nll_bits_per_dim
-from .model import Glow, GlowConfig, dataclass_from_dict
+from .model import PRECISIONS, ComputeConfig, Glow, GlowConfig, dataclass_from_dict
 from .plots import plot_metrics, read_metrics
 from .preprocess import dequantize
+from .signals import StopRequest
 
-__all__ = ["TrainConfig", "Trainer", "TrainingObjective", "evaluate_bits_per_dim", "train"]
-
-CHECKPOINT_PREFIX = "step_"
+__all__ = ["TrainConfig", "Trainer", "TrainingObjective", "learning_rate", "make_optimizer", "train"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training options (the model's architecture is a separate ``GlowConfig``).
+    """Training options: how to train and how the model computes meanwhile (its architecture is a
+    separate ``GlowConfig``).
 
     Attributes:
-        batch_size: images per optimizer step (global, over all processes).
+        batch_size: images per optimizer step: the global batch, split evenly over all processes.
         optimizer: "adamax" (reference code) or "adam".
-        lr: peak learning rate, reached linearly over ``warmup_steps``.
-        decay_steps: when set, the learning rate decays from ``lr`` to 0 along a cosine between
-            ``warmup_steps`` and ``decay_steps`` (default: constant after warmup).
+        lr: peak learning rate, reached linearly over warmup_steps.
+        warmup_steps: steps of the linear learning-rate warmup from 0 to lr.
+        decay_steps: when set, the learning rate decays from lr to 0 along a cosine between
+            warmup_steps and decay_steps (default: constant after warmup).
         grad_clip: maximum gradient norm (0 disables clipping).
         ema_decay: Polyak averaging of the weights used for evaluation and sampling (0 disables).
-        init_images: images used for ActNorm's data-dependent initialization.
+        init_images: training images used for ActNorm's data-dependent initialization.
         weight_y: weight of the class-prediction loss (bits per image) of conditional models.
         flip: random horizontal flips of training images.
         shift: random translation of training images by up to this many whole pixels on each axis
             (zero-filled); 0 disables it. The test split is never augmented.
-        epochs / steps / max_minutes: stop at whichever comes first (at least one must be set).
+        epochs: stop after this many passes over the training set.
+        steps: stop after this many optimizer steps.
+        max_minutes: stop after this much training time. Training stops at whichever of epochs,
+            steps and max_minutes comes first; at least one must be set.
         eval_every: steps between evaluations and checkpoints; 0 means once per epoch.
+        eval_batch_size: images per batch when evaluating (does not change the result).
         eval_draws: dequantization draws averaged for test bits/dim.
-        temperatures, samples_per_row: the sample grid's rows and columns.
+        temperatures: the sample grid's rows, one temperature each.
+        samples_per_row: the sample grid's columns.
         keep_checkpoints: how many training-state files to keep.
-        max_bad_steps: consecutive non-finite steps before training stops.
-        compile: run the training step through ``torch.compile`` (about a minute of compilation
+        max_bad_steps: consecutive non-finite steps before training rolls back or stops.
+        seed: seed of every random choice of the run (initialization, data order, noise).
+        compile: run the training step through torch.compile (about a minute of compilation
             first; on CPU it needs a C++ compiler). Evaluation and sampling stay eager.
+        memory: how backprop stores activations: "standard", "checkpoint" (per step) or "reversible"
+            (none: rebuilt from the outputs with the inverse; memory flat in depth). Same results.
+        precision: "float32", or "bfloat16" for the coupling networks only (autocast).
+        channels_last: compute in NHWC memory order (faster convolutions on CPU). Same results.
     """
 
     batch_size: int = 64
-    optimizer: str = "adamax"
+    optimizer: str = field(default="adamax", metadata={"choices": ("adam", "adamax")})
     lr: float = 1e-3
     warmup_steps: int = 500
     decay_steps: int | None = None
@@ -96,9 +115,13 @@ class TrainConfig:
     max_bad_steps: int = 20
     seed: int = 0
     compile: bool = False
+    memory: str = field(default="standard", metadata={"choices": MEMORY_MODES})
+    precision: str = field(default="float32", metadata={"choices": tuple(PRECISIONS)})
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+        ComputeConfig(self.memory, self.precision, self.channels_last)  # validates memory and precision
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.optimizer in ("adam", "adamax"), "optimizer must be adam or adamax"),
@@ -129,6 +152,11 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+    @property
+    def compute(self) -> ComputeConfig:
+        """How the model computes during training."""
+        return ComputeConfig(memory=self.memory, precision=self.precision, channels_last=self.channels_last)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -138,16 +166,6 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A generator determined by (seed, step, stream): the randomness of one training step."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + stream) % (2**63))
-
-
-def epoch_order(num_images: int, seed: int, epoch: int) -> Tensor:
-    """The training images' order in ``epoch`` (a permutation determined by seed and epoch)."""
-    return torch.randperm(num_images, generator=step_generator(seed, epoch, stream=1))
-
-
 def learning_rate(config: TrainConfig, step: int, scale: float = 1.0) -> float:
     """Linear warmup to ``lr`` over ``warmup_steps``, then constant (reference code) or, with
     ``decay_steps``, a cosine decay to 0 at step ``decay_steps``; times ``scale`` (after rollbacks)."""
@@ -202,138 +220,6 @@ class TrainingObjective(nn.Module):
         return bpd + self.weight_y * F.cross_entropy(logits, y) / math.log(2.0), bpd
 
 
-@torch.no_grad()
-def evaluate_bits_per_dim(
-    model: Glow,
-    dataset: Dataset,
-    batch_size: int = 500,
-    draws: int = 1,
-    seed: int = 1234,
-    progress: bool = False,
-    dist: Distributed | None = None,
-) -> dict[str, float]:
-    """Test bits/dim over the whole dataset: per-image values summed in float64 and divided by N
-    (not a mean of batch means), averaged over ``draws`` fixed-seed dequantization draws.
-
-    With ``dist``, process r scores batches r, r + W, ... of the same batching and the sums are
-    all-reduced: no image is padded, duplicated or missed, and the result equals one process's.
-    Conditional models are scored with the true labels and also report the classifier's accuracy.
-
-    Returns ``test_bpd`` (the exact mean), ``test_bpd_median``, and ``test_bpd_max`` with its image's
-    index ``test_worst_image``: one image the model finds extremely unlikely can move the mean far
-    from the median, and these say whether that happened.
-    """
-    from tqdm import tqdm
-
-    dist = dist or Distributed()
-    model.eval()
-    config = model.config
-    device = model.top_prior.device
-    conditional = config.num_classes > 0 and dataset.labels is not None
-    batches = [(d, s) for d in range(draws) for s in range(0, len(dataset), batch_size)]
-    # bits/dim of each image summed over draws, then the count of correct class predictions
-    totals = torch.zeros(len(dataset) + 1, dtype=torch.float64)
-    mine = batches[dist.rank :: dist.world_size]
-    for draw, start in tqdm(mine, desc="evaluating", leave=False, disable=not progress or not dist.is_main):
-        images = dataset.images[start : start + batch_size]
-        generator = step_generator(seed, start, stream=100 + draw)
-        x = dequantize(images, config.n_bits, generator=generator).to(device=device, dtype=model.top_prior.dtype)
-        y = dataset.labels[start : start + batch_size].to(device) if conditional else None
-        zs, logdet, log_prior = model(x, y)
-        bpd = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
-        totals[start : start + len(bpd)] += bpd
-        if conditional and draw == 0:
-            totals[-1] += (model.classifier_logits(zs[-1]).argmax(1) == y).sum().item()
-    totals = dist.all_reduce_sum(totals.to(device)).cpu()
-    per_image = totals[:-1] / draws
-    worst = int(per_image.argmax())
-    result = {
-        "test_bpd": per_image.sum().item() / len(dataset),
-        "test_bpd_median": per_image.median().item(),
-        "test_bpd_max": per_image[worst].item(),
-        "test_worst_image": worst,
-    }
-    if conditional:
-        result["test_accuracy"] = totals[-1].item() / len(dataset)
-    return result
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": repr(random.getstate()),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    import ast
-
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate(ast.literal_eval(state["python"]))
-
-
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Training-state files, oldest first."""
-    return sorted((Path(run_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt"))
-
-
-def save_training_state(run_dir: Path, state: dict, step: int, keep: int) -> Path:
-    """Writes ``checkpoints/step_N.pt`` atomically and keeps the newest ``keep`` of them."""
-    directory = run_dir / "checkpoints"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{CHECKPOINT_PREFIX}{step:08d}.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    for old in checkpoint_paths(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def load_training_state(run_dir: Path) -> dict:
-    """The newest readable training state of ``run_dir`` (a corrupt newest file falls back to an older one)."""
-    errors = []
-    for path in reversed(checkpoint_paths(run_dir)):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or "step" not in state:
-                raise ValueError("not a glowtorch training state")
-            return state
-        except Exception as error:  # noqa: BLE001 - any unreadable file: try the previous one
-            errors.append(f"{path.name}: {str(error).splitlines()[0][:120]}")
-    if errors:
-        raise CheckpointError(f"no readable training state in {run_dir / 'checkpoints'} ({'; '.join(errors)})")
-    raise CheckpointError(
-        f"nothing to resume: {run_dir / 'checkpoints'} holds no training state; train without --resume"
-    )
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (then it saves and exits)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
@@ -370,7 +256,7 @@ class Trainer:
             )
         if config.compile and not self.dist.device.startswith("cuda") and not shutil.which("g++"):
             raise ValueError("--compile on CPU needs a C++ compiler (g++): install one, or pass --no-compile")
-        if model_config.precision == "bfloat16" and self.dist.device.startswith("cuda"):
+        if config.precision == "bfloat16" and self.dist.device.startswith("cuda"):
             if not torch.cuda.is_bf16_supported():
                 raise ValueError("this GPU cannot compute in bfloat16: use --precision float32")
         self.model_config, self.config = model_config, config
@@ -379,7 +265,7 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
         self.device = torch.device(self.dist.device)
         torch.manual_seed(config.seed)
-        self.model = Glow(model_config).to(self.device)
+        self.model = Glow(model_config, config.compute).to(self.device)
         self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else self.model
         self.optimizer = self._make_optimizer()
         self.objective: nn.Module = TrainingObjective(self.model, config.weight_y)
@@ -394,7 +280,7 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        save_memory = self.model_config.memory != "standard"
+        save_memory = self.config.memory != "standard"
         return make_optimizer(self.config.optimizer, params, self.config.lr, save_memory)
 
     # ------------------------------------------------------------- state
@@ -411,12 +297,11 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "elapsed": self.elapsed(),
             "running_bpd": self.running_bpd,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def restore(self, state: dict) -> None:
-        saved = GlowConfig.from_dict(state["model_config"]).architecture()
-        if saved != self.model_config.architecture():
+        if GlowConfig.from_dict(state["model_config"]) != self.model_config:
             raise CheckpointError(
                 f"the run in {self.run_dir} was trained with another model config; resume it with the same "
                 "preset and flags"
@@ -432,7 +317,7 @@ class Trainer:
         self.rollbacks, self.lr_scale = state.get("rollbacks", 0), state.get("lr_scale", 1.0)
         self.elapsed_before = state["elapsed"]
         self.running_bpd = state.get("running_bpd")
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self._start
@@ -594,7 +479,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.step, disable=not progress or not self.dist.is_main, unit="step",
                    dynamic_ncols=True, mininterval=1.0)  # fmt: skip
         window_images, window_start = 0, time.monotonic()
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             while max_steps is None or self.step < max_steps:
                 if config.max_minutes is not None and self.elapsed() >= config.max_minutes * 60:
                     break
@@ -627,7 +512,7 @@ class Trainer:
                 last = self.evaluate_and_checkpoint(interval_images / max(time.monotonic() - interval_start, 1e-9))
         return last
 
-    def _stop_requested(self, stop: _StopRequest) -> bool:
+    def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any process received SIGINT/SIGTERM (agreed by all, so they stop at the same step)."""
         flag = torch.tensor([1.0 if stop.signal is not None else 0.0], device=self.device)
         return bool(self.dist.all_reduce_sum(flag).item() > 0)
