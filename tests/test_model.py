@@ -145,8 +145,10 @@ def test_wrong_input_shapes_raise() -> None:
         model.log_prob(images(2, (3, 4, 4)))
     with pytest.raises(ValueError, match="NaN"):
         model.log_prob(torch.full((1, 2, 4, 4), float("nan"), dtype=torch.float64))
-    with pytest.raises(ValueError, match="must lie in"):
-        model.log_prob(images(2) * 255)
+    with pytest.raises(ValueError, match="glowtorch.dequantize"):  # pixels passed as they are
+        model.log_prob((images(2) * 255 + 128).to(torch.uint8))
+    with pytest.raises(ValueError, match="must lie in"):  # initialization wants data in the model's range
+        model.initialize(images(2) * 255)
     zs, _ = model.encode(images(2))
     with pytest.raises(ValueError, match="latent 0"):
         model.decode([zs[0][:, :1], zs[1]])

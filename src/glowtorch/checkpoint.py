@@ -24,6 +24,8 @@ from .model import Glow, GlowConfig
 __all__ = [
     "CheckpointError",
     "checkpoint_paths",
+    "checkpoint_step",
+    "holds_run",
     "load_model",
     "load_training_state",
     "resolve_checkpoint",
@@ -131,9 +133,22 @@ def set_rng_state(state: dict) -> None:
     random.setstate(ast.literal_eval(state["python"]))
 
 
+RUN_FILES = ("train_config.json", "metrics.jsonl", "bpd.png", "model", "samples", "checkpoints")
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds anything a training run writes (not only its checkpoints)."""
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
 def checkpoint_paths(run_dir: str | Path) -> list[Path]:
     """Training-state files of a run, oldest first."""
     return sorted((Path(run_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt"))
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a training-state file ``step_N.pt``."""
+    return int(Path(path).stem[len(CHECKPOINT_PREFIX) :])
 
 
 def save_training_state(run_dir: str | Path, state: dict, step: int, keep: int) -> Path:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import os
 import re
 import sys
 import types
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .allocator import keep_freed_memory
-from .checkpoint import CheckpointError, checkpoint_paths, load_model
+from .checkpoint import CheckpointError, holds_run, load_model
 from .data import DATASETS, DataError, load_dataset, load_dataset_for
 from .files import ensure_writable_dir, first_line
 from .model import GlowConfig, NotInitializedError
@@ -140,11 +141,22 @@ def _labels(model, label: int | None, n: int) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     """Joins torchrun's process group when there is one (one process otherwise) and trains."""
+    import torch.distributed
+
     from .distributed import init_distributed, shutdown
 
     dist = init_distributed(args.device)
+    out = Path(args.out or f"runs/{args.preset or args.dataset or 'digits'}")
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
-        return _train(args, dist)
+        return _train(args, dist, out)
+    except torch.distributed.DistError as error:  # a peer died or the network failed: its own output says why
+        raise UsageError(f"another process of the job failed ({first_line(error)}); see its output") from None
+    except BaseException:
+        for folder in created:  # folders this command made and left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     finally:
         shutdown()
 
@@ -153,18 +165,19 @@ def _given(args, names: list[str]) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
-def _train(args, dist) -> int:
+def _train(args, dist, out: Path) -> int:
+    from tqdm import tqdm
+
     from .train import train
 
     preset = load_preset(args.preset) if args.preset else {}
     dataset = args.dataset or preset.get("dataset") or "digits"
-    out = Path(args.out or f"runs/{args.preset or dataset}")
-    say = print if dist.is_main else (lambda *a, **k: None)
+    say = tqdm.write if dist.is_main else (lambda *a, **k: None)
     train_values = {**preset.get("train", {}), **_given(args, args.train_flags)}
     if all(train_values.get(k) is None for k in ("epochs", "steps", "max_minutes")):
         train_values["epochs"] = 10
     config = _config(TrainConfig, train_values)
-    if not args.resume and checkpoint_paths(out):
+    if not args.resume and holds_run(out):
         raise UsageError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
     image_size = args.image_size or preset.get("image_size")
     channels = args.channels or 3
@@ -219,6 +232,18 @@ def cmd_evaluate(args) -> int:
         f"per image: median {result['test_bpd_median']:.4f}, "
         f"worst {result['test_bpd_max']:.4f} (image {result['test_worst_image']})"
     )
+    if args.round_trip:
+        from .latent import round_trip_report
+
+        labels = data.labels if model.config.num_classes else None
+        report = round_trip_report(model, data.images, labels)
+        dtype = str(model.top_prior.dtype).removeprefix("torch.")
+        print(
+            f"round trip in {dtype}: {report['float64_images']} of {report['images']} images need float64 "
+            f"({report['wrong_pixels']} wrong pixels without it); worst error {report['worst_error']:.3g} "
+            f"(image {report['worst_image']}), {report['amplification']:.3g}x the {dtype} rounding; "
+            f"exact paths: {report['exact_wrong_pixels']} wrong pixels"
+        )
     return 0
 
 
@@ -265,9 +290,8 @@ def cmd_decode(args) -> int:
     model = load_model(checkpoint, device=args.device)
     latents.check_model(model, args.latents)
     images = decode_images(model, latents.zs, latents.y)
-    names = latents.names or [f"image_{i:04d}" for i in range(len(images))]
     out = ensure_writable_dir(Path(args.output))
-    for name, image in zip(names, images, strict=True):
+    for name, image in zip(latents.names, images, strict=True):
         save_grid(image.unsqueeze(0), out / f"{name}.png", columns=1, padding=0)
     print(f"wrote {len(images)} image(s) to {out}")
     return 0
@@ -316,7 +340,12 @@ def cmd_directions(args) -> int:
     keep = [i for i in range(len(names)) if 0 < int(table[:, i].sum()) < len(table)]
     if not keep:
         raise UsageError("no attribute has both images with it and images without it")
-    directions = attribute_directions(model, data.images, table[:, keep])
+    labels = None
+    if model.config.num_classes:  # each image's latent under its own class
+        if data.labels is None:
+            raise UsageError(f"the model is class-conditional and {args.dataset} has no labels")
+        labels = data.labels[: len(data.images)]
+    directions = attribute_directions(model, data.images, table[:, keep], labels)
     write_directions(_output(args.output), model, directions, [names[i] for i in keep], args.dataset)
     print(f"wrote {len(keep)} attribute directions ({', '.join(names[i] for i in keep[:8])}...) to {args.output}")
     return 0
@@ -432,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
     e.add_argument("--batch-size", type=positive_int, default=500)
     e.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
+    e.add_argument("--round-trip", action="store_true",
+                   help="also report how exactly the model inverts these images (encode, then decode)")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="a PNG grid of samples", parents=[model, label, scale, device])
@@ -530,12 +561,24 @@ def _join_negative_lists(argv: list[str]) -> list[str]:
     return out
 
 
+def quiet_third_party_warnings() -> None:
+    """Keeps PyTorch's own deprecation notices (FutureWarning from its modules, e.g. its compiler) out of the
+    user's terminal; every other warning is shown as usual."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_lists(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     keep_freed_memory()
+    quiet_third_party_warnings()
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (``glowtorch presets | head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except (
         UsageError,
         DataError,

@@ -8,6 +8,7 @@ the error names the files and where to put them.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -15,6 +16,7 @@ import pickle
 import struct
 import tarfile
 import urllib.request
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -318,14 +320,31 @@ def _chw(array: np.ndarray) -> Tensor:
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
 
 
-def _read_image(path: Path, channels: int, size: int | None) -> Tensor | None:
+@contextlib.contextmanager
+def _opened_image(path: str | Path):
+    """``PIL.Image.open(path)``, with every way a file can fail to be an image raised as ``DataError``:
+    unreadable, truncated or damaged data, and images that declare more pixels than PIL's decompression-
+    bomb limit (the warning PIL gives below twice that limit counts too: such a file is not decoded)."""
     from PIL import Image, UnidentifiedImageError
 
+    failures = (UnidentifiedImageError, OSError, ValueError, SyntaxError, zlib.error,
+                Image.DecompressionBombError, Image.DecompressionBombWarning)  # fmt: skip
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                yield image
+    except DataError:
+        raise
+    except failures as error:
+        raise DataError(f"{path} is not a readable image ({first_line(error)})") from None
+
+
+def _read_image(path: Path, channels: int, size: int | None) -> Tensor | None:
+    try:
+        with _opened_image(path) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except DataError:
         return None
     tensor = _chw(array)
     return resize_images(tensor.unsqueeze(0), size)[0] if size else tensor
@@ -348,22 +367,17 @@ def _read_images(paths: list[Path], channels: int, size: int | None, what: str) 
 def read_image_files(paths: list[str | Path], image_shape: tuple[int, int, int]) -> Tensor:
     """Image files -> ``(N, C, H, W)`` uint8 for a model of ``image_shape``; a file of another size,
     a colour image for a grayscale model (or the reverse), or an unreadable file is refused."""
-    from PIL import Image, UnidentifiedImageError
-
     channels, height, width = image_shape
     images = []
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                is_gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-                if is_gray != (channels == 1):
-                    kind = "grayscale" if is_gray else "colour"
-                    raise DataError(f"{path} is a {kind} image but the model expects {channels} channel(s)")
-                if image.size != (width, height):
-                    raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but the model expects {width}x{height}")
-                array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"{path} is not a readable image ({error})") from None
+        with _opened_image(path) as image:
+            is_gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            if is_gray != (channels == 1):
+                kind = "grayscale" if is_gray else "colour"
+                raise DataError(f"{path} is a {kind} image but the model expects {channels} channel(s)")
+            if image.size != (width, height):
+                raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but the model expects {width}x{height}")
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         images.append(_chw(array))
     if not images:
         raise DataError("no images given")

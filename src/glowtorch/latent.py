@@ -7,8 +7,10 @@ out as ``(B, C, H, W)`` uint8. Latents are lists with one tensor per level, fine
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +26,14 @@ __all__ = [
     "attribute_directions",
     "decode_images",
     "encode_images",
+    "float64_twin",
     "interpolate",
     "load_latents",
     "manipulate",
     "model_fingerprint",
     "read_directions",
     "read_latents",
+    "round_trip_report",
     "save_latents",
     "slerp",
     "temperature_grid",
@@ -44,35 +48,119 @@ def _check_images(model: Glow, images: Tensor) -> None:
         raise ValueError(f"images are {tuple(images.shape[1:])} (C, H, W) but the model expects {expected}")
 
 
-def _model_input(model: Glow, images: Tensor, generator: torch.Generator | None = None, noise: bool = False) -> Tensor:
+# The largest round-trip error the exact paths accept in the model's dtype: far below half a bin (1/512 at
+# 8 bits), so that decoding in another batch, with other rounding, still gives the same pixels.
+ROUND_TRIP_TOLERANCE = 1e-4
+
+
+def _model_input(model: Glow, images: Tensor) -> Tensor:
+    """uint8 images at the centres of their bins, in the model's dtype and on its device."""
     _check_images(model, images)
     ref = model.top_prior
-    x = dequantize(images, model.config.n_bits, noise=noise, generator=generator)
-    return x.to(device=ref.device, dtype=ref.dtype)
+    return dequantize(images, model.config.n_bits, noise=False).to(device=ref.device, dtype=ref.dtype)
 
 
 def _to_images(model: Glow, x: Tensor) -> Tensor:
     return to_uint8(torch.nan_to_num(x, nan=0.0).clamp(-0.5, 0.5), model.config.n_bits).cpu()
 
 
+def float64_twin(model: Glow) -> Glow:
+    """``model`` itself if it computes in float64, else a float64 copy of it (same weights, eval mode),
+    cached until one of its parameters changes. The exact paths recompute in it what float32 rounding
+    cannot give back: a trained flow can amplify that rounding a millionfold around some images."""
+    if model.top_prior.dtype == torch.float64:
+        return model
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    cached = model.__dict__.get("_float64_twin")
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called in inference mode
+            twin = Glow(model.config, dataclasses.replace(model.compute, precision="float32"))
+            twin = twin.to(device=model.top_prior.device, dtype=torch.float64)
+            twin.load_state_dict(model.state_dict())
+        cached = (key, twin.eval())
+        model.__dict__["_float64_twin"] = cached
+    return cached[1]
+
+
+def _round_trip_error(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor]:
+    """Latents of ``x`` and each image's largest error ``(B,)`` after decoding them again."""
+    zs, _ = model.encode(x, y)
+    return zs, (model.decode(zs, y) - x).abs().flatten(1).amax(1)
+
+
 @torch.inference_mode()
-def encode_images(model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256) -> list[Tensor]:
+def encode_images(
+    model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256, exact: bool = True
+) -> list[Tensor]:
     """uint8 images -> latents. No dequantization noise: each pixel is placed at the centre of its bin,
-    so ``decode_images`` of the result gives the same pixels back (after n_bits reduction)."""
+    so ``decode_images`` of the result gives the same pixels back (after n_bits reduction).
+
+    With ``exact`` each batch is decoded again and compared with its input; images whose round trip in
+    the model's dtype is off by more than ``ROUND_TRIP_TOLERANCE`` are encoded again in float64
+    (``float64_twin``), and the latents come back in float64 (``decode_images`` then decodes in float64).
+    Without it (e.g. for averages such as attribute directions) one pass in the model's dtype.
+    """
     model.eval()
     parts = []
     for start in range(0, len(images), batch_size):
         labels = None if y is None else y[start : start + batch_size]
-        parts.append(model.encode(_model_input(model, images[start : start + batch_size]), labels)[0])
-    return [torch.cat(level) for level in zip(*parts, strict=True)]
+        x = _model_input(model, images[start : start + batch_size])
+        if not exact:
+            parts.append(model.encode(x, labels)[0])
+            continue
+        zs, error = _round_trip_error(model, x, labels)
+        off = error > ROUND_TRIP_TOLERANCE
+        if off.any():
+            twin_zs, _ = float64_twin(model).encode(x[off].double(), None if labels is None else labels[off])
+            zs = [z.double().index_put((off,), z64) for z, z64 in zip(zs, twin_zs, strict=True)]
+        parts.append(zs)
+    dtype = torch.float64 if any(z.dtype == torch.float64 for part in parts for z in part) else parts[0][0].dtype
+    return [torch.cat([part[level].to(dtype) for part in parts]) for level in range(len(parts[0]))]
 
 
 @torch.inference_mode()
 def decode_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
-    """Latents -> uint8 images ``(B, C, H, W)``."""
+    """Latents -> uint8 images ``(B, C, H, W)``; float64 latents are decoded in float64 (``float64_twin``)."""
     model.eval()
+    if zs[0].dtype == torch.float64:
+        model = float64_twin(model)
     ref = model.top_prior
     return _to_images(model, model.decode([z.to(device=ref.device, dtype=ref.dtype) for z in zs], y))
+
+
+@torch.inference_mode()
+def round_trip_report(model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256) -> dict:
+    """How well conditioned ``model`` is on uint8 ``images``: the round trip encode -> decode in the model's
+    dtype, image by image, and how many images the exact paths recompute in float64.
+
+    Returns ``images``, ``float64_images`` (round trip off by more than ``ROUND_TRIP_TOLERANCE``),
+    ``wrong_pixels`` (pixels the plain round trip changes), ``worst_error`` with ``worst_image``,
+    ``amplification`` (worst error over the dtype's unit roundoff) and ``exact_wrong_pixels`` (pixels
+    that ``decode_images(encode_images(...))`` changes: 0 when the exact paths hold).
+    """
+    model.eval()
+    errors, wrong, exact_wrong = [], 0, 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        labels = None if y is None else y[start : start + batch_size]
+        x = _model_input(model, batch)
+        zs, error = _round_trip_error(model, x, labels)
+        errors.append(error.double().cpu())
+        wrong += int((_to_images(model, model.decode(zs, labels)) != to_uint8(x, model.config.n_bits).cpu()).sum())
+        back = decode_images(model, encode_images(model, batch, labels), labels)
+        exact_wrong += int((back != to_uint8(x, model.config.n_bits).cpu()).sum())
+    errors = torch.cat(errors)
+    worst = int(errors.argmax())
+    unit_roundoff = torch.finfo(model.top_prior.dtype).eps / 2
+    return {
+        "images": len(images),
+        "float64_images": int((errors > ROUND_TRIP_TOLERANCE).sum()),
+        "wrong_pixels": wrong,
+        "worst_error": errors[worst].item(),
+        "worst_image": worst,
+        "amplification": errors[worst].item() / unit_roundoff,
+        "exact_wrong_pixels": exact_wrong,
+    }
 
 
 @torch.inference_mode()
@@ -134,13 +222,16 @@ def interpolate(
 
 
 @torch.inference_mode()
-def attribute_directions(model: Glow, images: Tensor, attributes: Tensor, batch_size: int = 256) -> list[Tensor]:
+def attribute_directions(
+    model: Glow, images: Tensor, attributes: Tensor, labels: Tensor | None = None, batch_size: int = 256
+) -> list[Tensor]:
     """One direction per attribute and level: mean latent of images with the attribute minus the mean
     latent of those without it (the paper's manipulation vectors).
 
     Args:
         images: ``(N, C, H, W)`` uint8.
         attributes: ``(N, A)`` bool, which image has which attribute.
+        labels: ``(N,)`` each image's class, for class-conditional models: its latent is taken under it.
 
     Returns:
         A list over levels of ``(A, *latent_shape)`` tensors.
@@ -151,7 +242,8 @@ def attribute_directions(model: Glow, images: Tensor, attributes: Tensor, batch_
     sums_all: list[Tensor] | None = None
     attributes = attributes.to(torch.float64)
     for start in range(0, len(images), batch_size):
-        zs = encode_images(model, images[start : start + batch_size])
+        y = None if labels is None else labels[start : start + batch_size]
+        zs = encode_images(model, images[start : start + batch_size], y, exact=False)  # an average: no need
         mask = attributes[start : start + batch_size]
         with_part = [torch.einsum("na,n...->a...", mask, z.double().cpu()) for z in zs]
         all_part = [z.double().cpu().sum(0) for z in zs]
@@ -258,7 +350,12 @@ def write_latents(
     tensors = {f"z{i}": z for i, z in enumerate(zs)}
     if y is not None:
         tensors["y"] = y
-    metadata = {"glowtorch": "latents", "model_fingerprint": model_fingerprint(model)}
+    metadata = {
+        "glowtorch": "latents",
+        "model_fingerprint": model_fingerprint(model),
+        # float64 when encode_images had to recompute images whose float32 round trip was not exact
+        "precision": str(zs[0].dtype).removeprefix("torch."),
+    }
     if names is not None:
         metadata["files"] = json.dumps(list(names))
     if checkpoint is not None:
@@ -267,13 +364,34 @@ def write_latents(
 
 
 def read_latents(path: str | Path) -> LatentFile:
-    """Reads a file written by ``write_latents`` (or ``glowtorch encode``)."""
+    """Reads a file written by ``write_latents`` (or ``glowtorch encode``). The images' names are data
+    from the file: each is reduced to a safe file name (no folders), and images without a usable or
+    unique name are named by their index, so there is one name per image."""
     tensors, metadata = load_latents(path)
     if metadata.get("glowtorch") != "latents":
         raise ValueError(f"{path} is not a glowtorch latents file")
     zs = _levels(tensors)
-    names = json.loads(metadata.get("files", "[]"))
+    if not zs:
+        raise ValueError(f"{path} holds no latents")
+    try:
+        names = json.loads(metadata.get("files", "[]"))
+    except json.JSONDecodeError:
+        names = []
+    names = _safe_names(names if isinstance(names, list) else [], len(zs[0]))
     return LatentFile(zs, tensors.get("y"), names, metadata.get("checkpoint"), metadata.get("model_fingerprint"))
+
+
+def _safe_names(names: list, count: int) -> list[str]:
+    """``count`` distinct file names: each given name's last path component, with characters other than
+    letters, digits, ``-``, ``_`` and ``.`` replaced; ``image_NNNN`` where that leaves nothing."""
+    safe: list[str] = []
+    for index in range(count):
+        raw = names[index] if index < len(names) and isinstance(names[index], str) else ""
+        name = re.sub(r"[^\w.-]", "_", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip("._")
+        if not name or name in safe:
+            name = f"image_{index:04d}"
+        safe.append(name)
+    return safe
 
 
 def write_directions(

@@ -72,19 +72,22 @@ class ActNorm(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         # Set by Glow.initialize: the next forward initializes from its input (then clears this).
         self.initialize_next: bool = False
-        self.all_reduce_mean = None
+        self.all_reduce_sum = None
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, all_reduce_mean=None) -> None:
+    def initialize(self, x: Tensor, all_reduce_sum=None) -> None:
         """Set bias and scale from a batch ``x`` of shape ``(B, C, H, W)``.
 
-        ``all_reduce_mean``, when given, averages a tensor over processes (distributed init):
-        the statistics are then those of the union of all processes' batches.
+        ``all_reduce_sum``, when given, sums a tensor over processes (distributed init): each process's
+        moments are weighted by its number of values, so the statistics are those of the union of all
+        processes' batches, whatever their sizes.
         A channel whose standard deviation is (numerically) zero keeps scale 1.
         """
         moments = torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]).double()
-        if all_reduce_mean is not None:
-            moments = all_reduce_mean(moments)
+        if all_reduce_sum is not None:
+            count = float(x.shape[0] * x.shape[2] * x.shape[3])
+            packed = all_reduce_sum(torch.cat([moments.flatten() * count, moments.new_tensor([count])]))
+            moments = packed[:-1].view_as(moments) / packed[-1]
         mean, mean_sq = moments[0], moments[1]
         std = (mean_sq - mean * mean).clamp_min(0.0).sqrt()
         log_scale = torch.where(std > 1e-6, -torch.log(std.clamp_min(1e-6)), torch.zeros_like(std))
@@ -98,8 +101,8 @@ class ActNorm(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.initialize_next:
-            self.initialize(x, self.all_reduce_mean)
-            self.initialize_next, self.all_reduce_mean = False, None
+            self.initialize(x, self.all_reduce_sum)
+            self.initialize_next, self.all_reduce_sum = False, None
         return (x + self.bias) * torch.exp(self.log_scale), self.logdet(x)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -205,20 +206,28 @@ class Glow(nn.Module):
                 "first, or load a trained checkpoint"
             )
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, data_range: bool = False) -> None:
+        """Shape, a float dtype and finite values; with ``data_range`` also values in [-0.5, 0.5].
+
+        A flow is a bijection of all of R^D, so ``encode``, ``log_prob`` and the training pass take any
+        finite float input (a sample or an edited image may leave the data range). Integer images are
+        the usual mistake of passing pixels without ``dequantize`` and are refused with that hint.
+        """
         expected = self.config.image_shape
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}"
             )
         if not x.is_floating_point():
-            raise ValueError(f"expected float images in [-0.5, 0.5), got dtype {x.dtype}; use glowtorch.dequantize")
+            raise ValueError(
+                f"expected float images in [-0.5, 0.5), got dtype {x.dtype}: convert pixels with glowtorch.dequantize"
+            )
         low, high = torch.aminmax(x.detach())
         if not (torch.isfinite(low) and torch.isfinite(high)):
             raise ValueError("input contains NaN or infinite values")
-        if low < -0.5 or high > 0.5:
+        if data_range and (low < -0.5 or high > 0.5):
             raise ValueError(
-                f"input values must lie in [-0.5, 0.5], got {low.item():.3g}..{high.item():.3g}; "
+                f"initialization data must lie in [-0.5, 0.5], got {low.item():.3g}..{high.item():.3g}; "
                 "convert uint8 images with glowtorch.dequantize"
             )
 
@@ -255,21 +264,21 @@ class Glow(nn.Module):
 
     # ----------------------------------------------------------------- passes
     @torch.no_grad()
-    def initialize(self, x: Tensor, y: Tensor | None = None, all_reduce_mean=None) -> None:
+    def initialize(self, x: Tensor, y: Tensor | None = None, all_reduce_sum=None) -> None:
         """Data-dependent ActNorm initialization from one batch ``x`` ``(B, C, H, W)``.
 
         One forward pass in which every ActNorm (of the flow steps and inside the coupling networks)
         sets itself from the activations reaching it, so the network starts with zero-mean,
-        unit-variance activations. ``all_reduce_mean`` (distributed training) averages the
-        statistics over processes, giving those of the union of all processes' batches.
+        unit-variance activations. ``all_reduce_sum`` (distributed training) sums over processes,
+        giving the statistics of the union of all processes' batches (of any sizes).
         """
-        self._check_input(x)
+        self._check_input(x, data_range=True)
         if y is not None:  # labels only reach the top prior, which initialization does not touch
             self._check_labels(y, x.shape[0])
         actnorms = self.actnorms()
         for actnorm in actnorms:
             actnorm.initialized.fill_(False)
-            actnorm.initialize_next, actnorm.all_reduce_mean = True, all_reduce_mean
+            actnorm.initialize_next, actnorm.all_reduce_sum = True, all_reduce_sum
         try:
             h = self._layout(x)
             for level, steps in enumerate(self.levels):
@@ -279,7 +288,7 @@ class Glow(nn.Module):
                     h, _ = self.splits[level].split(h)
         finally:
             for actnorm in actnorms:
-                actnorm.initialize_next, actnorm.all_reduce_mean = False, None
+                actnorm.initialize_next, actnorm.all_reduce_sum = False, None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
         """One pass for training: (``zs``, ``logdet`` ``(B,)``, ``log_prior`` ``(B,)``, the latents' prior density).
@@ -335,6 +344,10 @@ class Glow(nn.Module):
         for i, (z, shape) in enumerate(zip(zs, self.latent_shapes, strict=True)):
             if z.dim() != 4 or tuple(z.shape[1:]) != shape or z.shape[0] != batch:
                 raise ValueError(f"latent {i} must have shape (B, {', '.join(map(str, shape))}), got {tuple(z.shape)}")
+            if not z.is_floating_point():
+                raise ValueError(f"latent {i} must be a float tensor, got dtype {z.dtype}")
+            if not torch.isfinite(z).all():
+                raise ValueError(f"latent {i} contains NaN or infinite values")
 
     def decode(self, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
         """Latents (finest first, as ``encode`` returns them) to images ``(B, C, H, W)``."""
@@ -370,8 +383,8 @@ class Glow(nn.Module):
             temperatures = [float(t) for t in temperature]
             if len(temperatures) != len(self.latent_shapes):
                 raise ValueError(f"give one temperature per level ({len(self.latent_shapes)}), got {len(temperatures)}")
-        if any(not t >= 0 for t in temperatures):
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if any(not 0 <= t < math.inf for t in temperatures):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         return temperatures
 
     @torch.no_grad()

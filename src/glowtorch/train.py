@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from .checkpoint import (
     CheckpointError,
     checkpoint_paths,
+    checkpoint_step,
+    holds_run,
     load_training_state,
     rng_state,
     save_model,
@@ -40,7 +42,7 @@ from .checkpoint import (
 from .data import Dataset, epoch_order, random_flip, random_shift, step_generator
 from .distributed import Distributed
 from .evaluate import evaluate_bits_per_dim
-from .files import atomic_write
+from .files import atomic_write, first_line
 from .images import save_grid
 from .latent import temperature_grid
 from .memory import MEMORY_MODES
@@ -220,6 +222,39 @@ class TrainingObjective(nn.Module):
         return bpd + self.weight_y * F.cross_entropy(logits, y) / math.log(2.0), bpd
 
 
+def _write(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def progress_line(metrics: dict, max_steps: int | None = None, max_minutes: float | None = None) -> str:
+    """One evaluation as a person reads it, e.g. ``step 1875 | epoch 1.0 | train 2.050 | test 1.901 bits/dim
+    (median 1.931) | 354 img/s | 2:51 elapsed, ~5:09 left`` (the whole line is in metrics.jsonl)."""
+    parts = [f"step {metrics['step']}", f"epoch {metrics['epoch']:.1f}"]
+    if metrics.get("train_bpd") is not None:
+        parts.append(f"train {metrics['train_bpd']:.3f}")
+    if "test_bpd" in metrics:
+        parts.append(f"test {metrics['test_bpd']:.3f} bits/dim (median {metrics['test_bpd_median']:.3f})")
+    if "test_accuracy" in metrics:
+        parts.append(f"accuracy {metrics['test_accuracy']:.3f}")
+    parts.append(f"{metrics['train_images_per_s']:.0f} img/s")
+    elapsed, step = metrics["elapsed_s"], metrics["step"]
+    left = []
+    if max_steps and step:
+        left.append(elapsed / step * max(0, max_steps - step))
+    if max_minutes:
+        left.append(max(0.0, max_minutes * 60 - elapsed))
+    parts.append(f"{_clock(elapsed)} elapsed" + (f", ~{_clock(min(left))} left" if left else ""))
+    return " | ".join(parts)
+
+
 def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
@@ -236,7 +271,7 @@ class Trainer:
         test_data: Dataset | None,
         run_dir: str | Path,
         dist: Distributed | None = None,
-        log=print,
+        log=None,
     ) -> None:
         self.dist = dist or Distributed()
         if tuple(train_data.image_shape) != model_config.image_shape:
@@ -249,10 +284,9 @@ class Trainer:
             raise ValueError(
                 f"the training set has {len(train_data)} images, fewer than one batch ({config.batch_size})"
             )
-        if config.batch_size % self.dist.world_size or config.init_images % self.dist.world_size:
+        if config.batch_size % self.dist.world_size:
             raise ValueError(
-                f"--batch-size ({config.batch_size}) and --init-images ({config.init_images}) must divide by the "
-                f"number of processes ({self.dist.world_size})"
+                f"--batch-size ({config.batch_size}) must divide by the number of processes ({self.dist.world_size})"
             )
         if config.compile and not self.dist.device.startswith("cuda") and not shutil.which("g++"):
             raise ValueError("--compile on CPU needs a C++ compiler (g++): install one, or pass --no-compile")
@@ -262,7 +296,8 @@ class Trainer:
         self.model_config, self.config = model_config, config
         self.train_data, self.test_data = train_data, test_data
         self.run_dir = Path(run_dir)
-        self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        # Lines go above the progress bar (tqdm.write) unless the caller passes its own ``log``.
+        self.log = (log or _write) if self.dist.is_main else (lambda *a, **k: None)
         self.device = torch.device(self.dist.device)
         torch.manual_seed(config.seed)
         self.model = Glow(model_config, config.compute).to(self.device)
@@ -324,17 +359,20 @@ class Trainer:
 
     # ------------------------------------------------------------- pieces of a run
     def initialize(self) -> None:
-        """ActNorm init from ``init_images`` training images; with several processes each takes an equal
-        share and the statistics are those of the union (all-reduced), before any DDP wrapping."""
+        """ActNorm init from ``init_images`` training images (all of them if there are fewer); with several
+        processes each takes a share of the same images and the statistics are those of their union
+        (sums all-reduced, weighted by each share's size), before any DDP wrapping."""
         config, dist = self.config, self.dist
+        count = min(config.init_images, len(self.train_data))
+        if count < dist.world_size:
+            raise ValueError(f"--init-images ({count}) must be at least the number of processes ({dist.world_size})")
         order = torch.randperm(len(self.train_data), generator=step_generator(config.seed, 0, stream=2))
-        chosen = order[: config.init_images]
+        chosen = order[:count]
         x = dequantize(
             self.train_data.images[chosen], self.model_config.n_bits, generator=step_generator(config.seed, 0, stream=3)
         )
-        share = config.init_images // dist.world_size
-        mine = x[dist.rank * share : (dist.rank + 1) * share].to(self.device)
-        self.model.initialize(mine, all_reduce_mean=dist.all_reduce_mean if dist.enabled else None)
+        mine = torch.tensor_split(x, dist.world_size)[dist.rank].to(self.device)
+        self.model.initialize(mine, all_reduce_sum=dist.all_reduce_sum if dist.enabled else None)
         if self.ema is not self.model:
             self.ema.load_state_dict(self.model.state_dict())
 
@@ -411,14 +449,18 @@ class Trainer:
             grid = temperature_grid(self.ema, config.temperatures, config.samples_per_row, generator, labels)
             (self.run_dir / "samples").mkdir(exist_ok=True)
             save_grid(grid, self.run_dir / "samples" / f"step_{self.step:08d}.png", config.samples_per_row, scale=2)
-            metrics_path = self.run_dir / "metrics.jsonl"
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            plot_metrics(metrics_path, self.run_dir / "bpd.png")
-            save_model(self.ema, self.run_dir / "model", metadata={"step": str(self.step)})
-            save_training_state(self.run_dir, self.state(), self.step, config.keep_checkpoints)
+            try:
+                metrics_path = self.run_dir / "metrics.jsonl"
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                plot_metrics(metrics_path, self.run_dir / "bpd.png")
+                save_model(self.ema, self.run_dir / "model", metadata={"step": str(self.step)})
+                save_training_state(self.run_dir, self.state(), self.step, config.keep_checkpoints)
+            except OSError as error:  # the previous files stay intact: say where training can go on from
+                saved = checkpoint_paths(self.run_dir)
+                where = f"--resume continues from step {checkpoint_step(saved[-1])}" if saved else "train again"
+                raise OSError(f"{first_line(error)}; nothing written before was lost: {where}") from None
         self.dist.barrier()
-        self.log(json.dumps(metrics))
         return metrics
 
     def rollback(self) -> None:
@@ -435,32 +477,39 @@ class Trainer:
         self.bad_steps, self.rollbacks, self.lr_scale = bad_steps, rollbacks + 1, self.lr_scale * 0.5
         self.log(f"rolled back to step {self.step} with learning rate x{self.lr_scale}")
 
-    def _prepare_run_dir(self, resume: bool) -> None:
+    def _prepare_run_dir(self, resume: bool) -> dict:
+        """Creates or resumes the run directory; returns the metrics line of the step resumed from, if any.
+        Every process checks before any writes (the first file is written after initialization's
+        all-reduce, which every process must have reached)."""
+        if not resume and holds_run(self.run_dir):
+            raise ValueError(
+                f"{self.run_dir} already holds a training run: pass --resume to continue it, or choose another --out"
+            )
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in (self.run_dir / "checkpoints").glob(".*.tmp*"):
-                stale.unlink(missing_ok=True)  # a save interrupted by SIGKILL
-        if resume:
-            self.restore(load_training_state(self.run_dir))
-            self.dist.barrier()
-            if self.dist.is_main:
-                metrics_path = self.run_dir / "metrics.jsonl"
-                if metrics_path.exists():  # drop lines written after the checkpoint we resume from
-                    kept = [m for m in read_metrics(metrics_path) if m["step"] <= self.step]
-                    text = "".join(json.dumps(m) + "\n" for m in kept)
-                    atomic_write(metrics_path, lambda p: Path(p).write_text(text))
-            self.log(f"resuming {self.run_dir} from step {self.step}")
-        else:
+            for stale in self.run_dir.rglob(".*.tmp*"):
+                stale.unlink(missing_ok=True)  # a save interrupted by SIGKILL, in any folder of the run
+        if not resume:
             self.initialize()
             if self.dist.is_main:
                 text = json.dumps(self.config.to_dict(), indent=2)
                 atomic_write(self.run_dir / "train_config.json", lambda p: Path(p).write_text(text))
+            return {}
+        self.restore(load_training_state(self.run_dir))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        kept = [m for m in read_metrics(metrics_path) if m["step"] <= self.step] if metrics_path.exists() else []
+        self.dist.barrier()  # every process has read the lines before the main one rewrites them
+        if self.dist.is_main and metrics_path.exists():  # drop lines written after the checkpoint
+            text = "".join(json.dumps(m) + "\n" for m in kept)
+            atomic_write(metrics_path, lambda p: Path(p).write_text(text))
+        self.log(f"resuming {self.run_dir} from step {self.step}")
+        return kept[-1] if kept and kept[-1]["step"] == self.step else {}
 
     def run(self, resume: bool = False, progress: bool = True) -> dict:
         from tqdm import tqdm
 
         self._start = time.monotonic()
-        self._prepare_run_dir(resume)
+        last = self._prepare_run_dir(resume)
         config = self.config
         loss_fn = self.objective
         if self.dist.enabled:
@@ -473,7 +522,11 @@ class Trainer:
         eval_every = config.eval_every or self.steps_per_epoch
         limits = [s for s in (config.steps, config.epochs and config.epochs * self.steps_per_epoch) if s]
         max_steps = min(limits) if limits else None
-        last: dict = {}
+        out_of_time = config.max_minutes is not None and self.elapsed() >= config.max_minutes * 60
+        if last and ((max_steps is not None and self.step >= max_steps) or out_of_time):
+            self.log(f"{self.run_dir} already finished at step {self.step}: nothing to train (raise --steps, "
+                     "--epochs or --max-minutes to train on)")  # fmt: skip
+            return last
         consecutive_bad = 0
         interval_images, interval_start = 0, time.monotonic()
         bar = tqdm(total=max_steps, initial=self.step, disable=not progress or not self.dist.is_main, unit="step",
@@ -506,10 +559,14 @@ class Trainer:
                     window_images, window_start = 0, now
                 if self.step % eval_every == 0:
                     last = self.evaluate_and_checkpoint(interval_images / (time.monotonic() - interval_start))
+                    if last:
+                        self.log(progress_line(last, max_steps, config.max_minutes))
                     interval_images, interval_start = 0, time.monotonic()
             bar.close()
             if not last or last["step"] != self.step:
                 last = self.evaluate_and_checkpoint(interval_images / max(time.monotonic() - interval_start, 1e-9))
+                if last:
+                    self.log(progress_line(last, max_steps, config.max_minutes))
         return last
 
     def _stop_requested(self, stop: StopRequest) -> bool:
@@ -527,7 +584,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
-    log=print,
+    log=None,
 ) -> dict:
     """Trains a Glow model, writing the run directory described in this module's docstring.
 
