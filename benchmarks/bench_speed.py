@@ -50,6 +50,8 @@ VARIANTS = {
     "reversible": dict(memory="reversible", precision="float32"),
     "checkpoint": dict(memory="checkpoint", precision="float32"),
     "bf16": dict(memory="standard", precision="bfloat16"),
+    # What `glowtorch train` does by default: bfloat16 where the device's probe finds it faster.
+    "auto": dict(memory="standard", precision="auto"),
 }
 
 
@@ -133,8 +135,13 @@ def measure(spec: dict) -> dict:
     torch.manual_seed(0)
     settings = dict(spec["model"])
     compile_ = settings.pop("compile", False)
-    compute = ComputeConfig(**{k: settings.pop(k) for k in ("memory", "precision", "channels_last") if k in settings})
+    compute = {k: settings.pop(k) for k in ("memory", "precision", "channels_last") if k in settings}
     config = GlowConfig(**settings)
+    if compute.get("precision") == "auto":
+        from glowtorch.precision import resolve_precision
+
+        compute["precision"] = resolve_precision("auto", config, device, spec["batch"]).precision
+    compute = ComputeConfig(**compute)
     model = Glow(config, compute).to(device)
     batch = spec["batch"]
     x = (torch.rand(batch, *config.image_shape, device=device) - 0.5) * 0.9
@@ -246,6 +253,13 @@ def main() -> None:
     # Measured last: ru_maxrss carries over from parent to child, so this process stays small until then.
     peak = device_peak(args.device)
     print(", ".join(f"{dtype} 3x3 conv: {value:.0f} GFLOP/s" for dtype, value in peak.items()))
+    from glowtorch import GlowConfig
+    from glowtorch.precision import resolve_precision
+
+    for name in names:
+        settings = dict(CONFIGS[name])
+        batch = settings.pop("batch")
+        print(f"{name}: auto {resolve_precision('auto', GlowConfig(**settings), args.device, batch).summary()}")
     for name in names:
         r = next(r for (n, _), r in results.items() if n == name)
         print(

@@ -31,7 +31,7 @@ def bare_loop(
     model_config: GlowConfig, train_config: TrainConfig, images: torch.Tensor, warmup: int, steps: int
 ) -> float:
     torch.manual_seed(0)
-    model = Glow(model_config, train_config.compute)
+    model = Glow(model_config, train_config.compute_config())
     model.initialize(dequantize(images[: train_config.init_images], model_config.n_bits))
     optimizer = make_optimizer(train_config.optimizer, list(model.parameters()), train_config.lr)  # as the trainer
     batch = train_config.batch_size
@@ -54,7 +54,7 @@ def bare_loop(
 def optimizer_step_ms(model_config: GlowConfig, train_config: TrainConfig, repeats: int = 50) -> tuple[float, float]:
     """Median milliseconds of one optimizer step over the model's parameters: PyTorch's default
     per-parameter loop, and the kernel glowtorch's trainer uses (make_optimizer)."""
-    model = Glow(model_config, train_config.compute)
+    model = Glow(model_config, train_config.compute_config())
     params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p)

@@ -45,6 +45,15 @@ def images(batch: int, shape=(2, 4, 4), seed: int = 0, dtype=torch.float64) -> t
     return torch.rand(batch, *shape, generator=generator, dtype=dtype) - 0.5
 
 
+@pytest.fixture(autouse=True)
+def float32_wins_the_precision_probe(monkeypatch):
+    """Tests run the same on every machine: precision "auto" sees float32 as the faster (tests of the
+    probe itself set their own rates). Subprocess tests pass --precision float32."""
+    import glowtorch.precision
+
+    monkeypatch.setattr(glowtorch.precision, "probe_rates", lambda *args, **kwargs: (100.0, 50.0))
+
+
 @pytest.fixture
 def float64_default():
     previous = torch.get_default_dtype()

@@ -23,7 +23,9 @@ from glowtorch.evaluate import evaluate_bits_per_dim
 from glowtorch.train import TrainConfig, Trainer
 
 MODEL = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=2, hidden_channels=8)
-TRAIN = TrainConfig(batch_size=16, init_images=32, steps=5, eval_every=5, temperatures=(0.5,), lr=2e-3)
+TRAIN = TrainConfig(
+    batch_size=16, init_images=32, steps=5, eval_every=5, temperatures=(0.5,), lr=2e-3, precision="float32"
+)
 
 
 def free_port() -> int:
@@ -135,7 +137,7 @@ def run_cli(*argv, env_extra=None) -> subprocess.CompletedProcess:
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
 CLI = ["-m", "glowtorch", "train", "--dataset", "digits", "--levels", "2", "--depth", "1", "--hidden-channels", "8",
        "--batch-size", "16", "--init-images", "32", "--eval-every", "4", "--no-progress",
-       "--temperatures", "0.5"]  # fmt: skip
+       "--temperatures", "0.5", "--precision", "float32"]  # fmt: skip
 
 
 def test_torchrun_cli_and_resume_with_another_process_count(tmp_path) -> None:

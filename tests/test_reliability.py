@@ -26,7 +26,7 @@ from glowtorch.train import TrainConfig, Trainer
 
 ARGS = ["train", "--dataset", "digits", "--levels", "2", "--depth", "2", "--hidden-channels", "16",
         "--batch-size", "16", "--init-images", "32", "--eval-every", "10", "--no-progress",
-        "--temperatures", "0.7", "--keep-checkpoints", "3"]  # fmt: skip
+        "--temperatures", "0.7", "--keep-checkpoints", "3", "--precision", "float32"]  # fmt: skip
 
 
 def glowtorch(*argv, **kwargs) -> subprocess.Popen:

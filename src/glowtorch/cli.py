@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError, holds_run, load_model
 from .data import DATASETS, DataError, load_dataset, load_dataset_for
 from .files import ensure_writable_dir, first_line
 from .model import GlowConfig, NotInitializedError
+from .precision import PRECISION_CHOICES
 from .presets import load_preset, preset_names
 from .train import TrainConfig
 
@@ -251,7 +252,7 @@ def cmd_sample(args) -> int:
     from .images import save_grid
     from .preprocess import to_uint8
 
-    model = load_model(args.checkpoint, device=args.device)
+    model = _sampling_model(args, args.n)
     temperature = args.temperature[0] if len(args.temperature) == 1 else args.temperature
     y = _labels(model, args.label, args.n)
     output = _output(args.output)
@@ -261,6 +262,16 @@ def cmd_sample(args) -> int:
     save_grid(to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits), output, columns=args.columns, scale=args.scale)
     print(f"wrote {args.n} samples at temperature {args.temperature} to {output}")
     return 0
+
+
+def _sampling_model(args, batch: int):
+    """The checkpoint's model with ``--precision`` resolved for sampling (its choice printed)."""
+    from .precision import resolve_precision
+
+    model = load_model(args.checkpoint, device=args.device)
+    choice = resolve_precision(args.precision, model.config, args.device, batch)
+    print(choice.summary())
+    return model.set_compute(precision=choice.precision)
 
 
 def cmd_encode(args) -> int:
@@ -301,7 +312,7 @@ def cmd_temperatures(args) -> int:
     from .images import save_grid
     from .latent import temperature_grid
 
-    model = load_model(args.checkpoint, device=args.device)
+    model = _sampling_model(args, args.n)
     output = _output(args.output)
     generator = torch.Generator(device=model.top_prior.device).manual_seed(args.seed)
     grid = temperature_grid(model, args.temperatures, args.n, generator, y=_labels(model, args.label, args.n))
@@ -432,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     label = _parent((("--label",), dict(type=int, help="class of the images or samples (class-conditional models)")))
     scale = _parent((("--scale",), dict(type=positive_int, default=1, help="pixel size in the PNG")))
     progress = _parent((("--no-progress",), dict(action="store_true", help="no progress bar")))
+    precision = _parent((("--precision",), dict(choices=PRECISION_CHOICES, default="auto",
+                         help="coupling networks in bfloat16 or float32; auto: bfloat16 where this device "
+                              "runs it at least 1.2x faster (measured)")))  # fmt: skip
     choices = sorted(DATASETS)
     dataset = _parent(
         (("--dataset",), dict(required=True, choices=choices)),
@@ -465,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report how exactly the model inverts these images (encode, then decode)")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("sample", help="a PNG grid of samples", parents=[model, label, scale, device])
+    s = sub.add_parser("sample", help="a PNG grid of samples", parents=[model, label, scale, device, precision])
     s.add_argument("--n", type=positive_int, default=64)
     s.add_argument("--temperature", type=float_list, default=[0.7], help="one value, or one per level (finest first)")
     s.add_argument("--columns", type=positive_int)
@@ -487,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=cmd_decode)
 
     te = sub.add_parser("temperatures", help="a grid of samples, one row per temperature",
-                        parents=[model, label, scale, device])  # fmt: skip
+                        parents=[model, label, scale, device, precision])  # fmt: skip
     te.add_argument("--temperatures", type=float_list, default=[0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0])
     te.add_argument("--n", type=positive_int, default=8, help="samples per row")
     te.add_argument("--seed", type=int, default=0)

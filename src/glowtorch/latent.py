@@ -7,6 +7,7 @@ out as ``(B, C, H, W)`` uint8. Latents are lists with one tensor per level, fine
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -82,6 +83,18 @@ def float64_twin(model: Glow) -> Glow:
     return cached[1]
 
 
+@contextlib.contextmanager
+def _full_precision(model: Glow):
+    """The coupling networks in the model's own dtype (not bfloat16) for the duration: the exact paths
+    need the inverse to see the same network output as the forward, up to float32 rounding."""
+    precision = model.compute.precision
+    model.set_compute(precision="float32")
+    try:
+        yield model
+    finally:
+        model.set_compute(precision=precision)
+
+
 def _round_trip_error(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor]:
     """Latents of ``x`` and each image's largest error ``(B,)`` after decoding them again."""
     zs, _ = model.encode(x, y)
@@ -108,7 +121,8 @@ def encode_images(
         if not exact:
             parts.append(model.encode(x, labels)[0])
             continue
-        zs, error = _round_trip_error(model, x, labels)
+        with _full_precision(model):
+            zs, error = _round_trip_error(model, x, labels)
         off = error > ROUND_TRIP_TOLERANCE
         if off.any():
             twin_zs, _ = float64_twin(model).encode(x[off].double(), None if labels is None else labels[off])
@@ -125,7 +139,8 @@ def decode_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) ->
     if zs[0].dtype == torch.float64:
         model = float64_twin(model)
     ref = model.top_prior
-    return _to_images(model, model.decode([z.to(device=ref.device, dtype=ref.dtype) for z in zs], y))
+    with _full_precision(model):
+        return _to_images(model, model.decode([z.to(device=ref.device, dtype=ref.dtype) for z in zs], y))
 
 
 @torch.inference_mode()

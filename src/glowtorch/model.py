@@ -165,7 +165,9 @@ class Glow(nn.Module):
             for linear in (self.label_prior, self.classifier):
                 nn.init.zeros_(linear.weight)
                 nn.init.zeros_(linear.bias)
-        self.set_compute(**dataclasses.asdict(compute or ComputeConfig()))
+        self.compute = compute or ComputeConfig()
+        self._lay_out_weights()
+        self.set_compute()
 
     def flow_steps(self) -> list[FlowStep]:
         """Every step of flow, finest level first."""
@@ -176,12 +178,20 @@ class Glow(nn.Module):
     ) -> Glow:
         """Changes how the model computes (see ``ComputeConfig``; None keeps a setting); returns the model.
 
-        Results stay the same up to float rounding (bfloat16 rounds more); the weights are unchanged.
+        Results stay the same up to float rounding (bfloat16 rounds more); the weights' values are unchanged
+        (a new ``channels_last`` re-lays them out: do it before creating an optimizer).
         """
         changes = {"memory": memory, "precision": precision, "channels_last": channels_last}
+        before = self.compute
         self.compute = dataclasses.replace(self.compute, **{k: v for k, v in changes.items() if v is not None})
         for step in self.flow_steps():
             step.coupling.set_network_dtype(PRECISIONS[self.compute.precision])
+        if self.compute.channels_last != before.channels_last:
+            self._lay_out_weights()
+        return self
+
+    def _lay_out_weights(self) -> None:
+        """Convolution weights in the memory order of ``self.compute.channels_last``."""
         layout = torch.channels_last if self.compute.channels_last else torch.contiguous_format
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -189,7 +199,6 @@ class Glow(nn.Module):
                 # strides (it is contiguous either way), and its gradient, laid out by the convolution,
                 # would then differ from the weight (DistributedDataParallel copies such gradients).
                 module.weight.data = torch.empty_like(module.weight, memory_format=layout).copy_(module.weight)
-        return self
 
     # ----------------------------------------------------------------- checks
     def actnorms(self) -> list[ActNorm]:

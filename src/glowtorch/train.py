@@ -47,8 +47,9 @@ from .images import save_grid
 from .latent import temperature_grid
 from .memory import MEMORY_MODES
 from .metrics import nll_bits_per_dim
-from .model import PRECISIONS, ComputeConfig, Glow, GlowConfig, dataclass_from_dict
+from .model import ComputeConfig, Glow, GlowConfig, dataclass_from_dict
 from .plots import plot_metrics, read_metrics
+from .precision import PRECISION_CHOICES, PrecisionChoice, resolve_precision
 from .preprocess import dequantize
 from .signals import StopRequest
 
@@ -90,7 +91,9 @@ class TrainConfig:
             first; on CPU it needs a C++ compiler). Evaluation and sampling stay eager.
         memory: how backprop stores activations: "standard", "checkpoint" (per step) or "reversible"
             (none: rebuilt from the outputs with the inverse; memory flat in depth). Same results.
-        precision: "float32", or "bfloat16" for the coupling networks only (autocast).
+        precision: "auto" (bfloat16 coupling networks where a short measurement of this device finds them
+            at least 1.2x faster than float32, else float32; a resumed run keeps its first choice),
+            "float32", or "bfloat16" for the coupling networks only (autocast).
         channels_last: compute in NHWC memory order (faster convolutions on CPU). Same results.
     """
 
@@ -118,12 +121,14 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
     memory: str = field(default="standard", metadata={"choices": MEMORY_MODES})
-    precision: str = field(default="float32", metadata={"choices": tuple(PRECISIONS)})
+    precision: str = field(default="auto", metadata={"choices": PRECISION_CHOICES})
     channels_last: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
-        ComputeConfig(self.memory, self.precision, self.channels_last)  # validates memory and precision
+        self.compute_config()  # validates memory
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.optimizer in ("adam", "adamax"), "optimizer must be adam or adamax"),
@@ -154,10 +159,11 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
-    @property
-    def compute(self) -> ComputeConfig:
-        """How the model computes during training."""
-        return ComputeConfig(memory=self.memory, precision=self.precision, channels_last=self.channels_last)
+    def compute_config(self, precision: str | None = None) -> ComputeConfig:
+        """How the model computes during training, with ``precision`` for "auto" (default float32)."""
+        if precision is None:
+            precision = "float32" if self.precision == "auto" else self.precision
+        return ComputeConfig(memory=self.memory, precision=precision, channels_last=self.channels_last)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -290,7 +296,7 @@ class Trainer:
             )
         if config.compile and not self.dist.device.startswith("cuda") and not shutil.which("g++"):
             raise ValueError("--compile on CPU needs a C++ compiler (g++): install one, or pass --no-compile")
-        if config.precision == "bfloat16" and self.dist.device.startswith("cuda"):
+        if config.precision == "bfloat16" and self.dist.device.startswith("cuda"):  # "auto" checks this itself
             if not torch.cuda.is_bf16_supported():
                 raise ValueError("this GPU cannot compute in bfloat16: use --precision float32")
         self.model_config, self.config = model_config, config
@@ -300,7 +306,9 @@ class Trainer:
         self.log = (log or _write) if self.dist.is_main else (lambda *a, **k: None)
         self.device = torch.device(self.dist.device)
         torch.manual_seed(config.seed)
-        self.model = Glow(model_config, config.compute).to(self.device)
+        # "auto" is resolved when the run starts (a resumed run keeps its choice): float32 until then.
+        self.model = Glow(model_config, config.compute_config()).to(self.device)
+        self.precision = PrecisionChoice(self.model.compute.precision, "not resolved yet")
         self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else self.model
         self.optimizer = self._make_optimizer()
         self.objective: nn.Module = TrainingObjective(self.model, config.weight_y)
@@ -332,6 +340,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "elapsed": self.elapsed(),
             "running_bpd": self.running_bpd,
+            "precision": self.precision.precision,
             "rng": rng_state(),
         }
 
@@ -433,6 +442,7 @@ class Trainer:
             "train_images_per_s": round(images_per_s, 2),
             "bad_steps": self.bad_steps,
             "rollbacks": self.rollbacks,
+            "precision": self.precision.precision,
         }
         if self.test_data is not None:
             metrics.update(
@@ -489,13 +499,15 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.run_dir.rglob(".*.tmp*"):
                 stale.unlink(missing_ok=True)  # a save interrupted by SIGKILL, in any folder of the run
-        if not resume:
+        state = load_training_state(self.run_dir) if resume else None
+        self._set_precision(state.get("precision") if state else None)
+        if state is None:
             self.initialize()
             if self.dist.is_main:
-                text = json.dumps(self.config.to_dict(), indent=2)
+                text = json.dumps({**self.config.to_dict(), "resolved": self.precision.record()}, indent=2)
                 atomic_write(self.run_dir / "train_config.json", lambda p: Path(p).write_text(text))
             return {}
-        self.restore(load_training_state(self.run_dir))
+        self.restore(state)
         metrics_path = self.run_dir / "metrics.jsonl"
         kept = [m for m in read_metrics(metrics_path) if m["step"] <= self.step] if metrics_path.exists() else []
         self.dist.barrier()  # every process has read the lines before the main one rewrites them
@@ -504,6 +516,25 @@ class Trainer:
             atomic_write(metrics_path, lambda p: Path(p).write_text(text))
         self.log(f"resuming {self.run_dir} from step {self.step}")
         return kept[-1] if kept and kept[-1]["step"] == self.step else {}
+
+    def _set_precision(self, started_with: str | None) -> None:
+        """Resolves ``precision`` for this run ("auto": the precision the run started with when resuming,
+        else the probe's choice, the same on every process) and sets it on the model and its EMA copy."""
+        if self.config.precision == "auto" and started_with is not None:
+            choice = PrecisionChoice(started_with, "auto, kept from the run's start")
+        else:
+            batch = self.config.batch_size // self.dist.world_size
+            choice = resolve_precision(self.config.precision, self.model_config, self.device, batch)
+            if self.dist.enabled and self.config.precision == "auto":  # one decision for all processes
+                votes = self.dist.all_reduce_sum(
+                    torch.tensor([float(choice.precision == "bfloat16")], device=self.device)
+                )
+                agreed = "bfloat16" if votes.item() * 2 > self.dist.world_size else "float32"
+                choice = dataclasses.replace(choice, precision=agreed)
+        self.precision = choice
+        for model in {id(self.model): self.model, id(self.ema): self.ema}.values():
+            model.set_compute(precision=choice.precision)
+        self.log(choice.summary())
 
     def run(self, resume: bool = False, progress: bool = True) -> dict:
         from tqdm import tqdm
