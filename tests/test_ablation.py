@@ -1,0 +1,43 @@
+"""experiments/ablation.py --smoke: the whole grid on the embedded digits, its table and figure, and a
+rerun that reuses finished runs and resumes an interrupted one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from glowtorch.checkpoint import checkpoint_paths
+
+SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "ablation.py"
+
+
+def ablation(out: Path) -> str:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_smoke_grid_writes_table_and_figure_and_resumes(tmp_path) -> None:
+    out = tmp_path / "ablation"
+    first = ablation(out)
+    assert "16 trained, 0 resumed, 0 reused" in first
+    table = (out / "results.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| additive") or line.startswith("| affine")]
+    assert len(rows) == 8  # 4 permutations x 2 couplings, each over 2 seeds
+    for permutation in ("reverse", "shuffle", "1x1 conv |", "1x1 conv (LU)"):
+        assert sum(permutation in row for row in rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert 0 < float(cells[2]) < 20 and float(cells[3]) >= 0 and cells[5] == "40"
+    assert Image.open(out / "ablation.png").size[0] > 800
+    # an interrupted run: its last checkpoint never got written
+    interrupted = out / "runs" / "affine-lu-seed1"
+    checkpoint_paths(interrupted)[-1].unlink()
+    second = ablation(out)
+    assert "0 trained, 1 resumed, 15 reused" in second
+    assert "affine-lu-seed1: resumed" in second
+    assert [p.name for p in checkpoint_paths(interrupted)][-1] == "step_00000040.pt"
