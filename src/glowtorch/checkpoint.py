@@ -26,6 +26,7 @@ __all__ = [
     "checkpoint_paths",
     "checkpoint_step",
     "holds_run",
+    "require_new_run",
     "load_model",
     "load_training_state",
     "resolve_checkpoint",
@@ -139,6 +140,14 @@ RUN_FILES = ("train_config.json", "metrics.jsonl", "bpd.png", "model", "samples"
 def holds_run(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds anything a training run writes (not only its checkpoints)."""
     return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
+def require_new_run(run_dir: str | Path) -> None:
+    """``ValueError`` if ``run_dir`` already holds a training run (which only ``--resume`` may continue)."""
+    if holds_run(run_dir):
+        raise ValueError(
+            f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out"
+        )
 
 
 def checkpoint_paths(run_dir: str | Path) -> list[Path]:

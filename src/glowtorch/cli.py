@@ -7,6 +7,7 @@ The model and training flags of ``glowtorch train`` are derived from the fields 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .allocator import keep_freed_memory
-from .checkpoint import CheckpointError, holds_run, load_model
+from .checkpoint import CheckpointError, load_model, require_new_run
 from .data import DATASETS, DataError, load_dataset, load_dataset_for
 from .files import ensure_writable_dir, first_line
 from .model import GlowConfig, NotInitializedError
@@ -155,8 +156,9 @@ def cmd_train(args) -> int:
         raise UsageError(f"another process of the job failed ({first_line(error)}); see its output") from None
     except BaseException:
         for folder in created:  # folders this command made and left empty
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+            with contextlib.suppress(OSError):  # another process may have written there meanwhile
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     finally:
         shutdown()
@@ -178,8 +180,8 @@ def _train(args, dist, out: Path) -> int:
     if all(train_values.get(k) is None for k in ("epochs", "steps", "max_minutes")):
         train_values["epochs"] = 10
     config = _config(TrainConfig, train_values)
-    if not args.resume and holds_run(out):
-        raise UsageError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
+    if not args.resume:
+        require_new_run(out)  # before loading data; the trainer checks again before writing
     image_size = args.image_size or preset.get("image_size")
     channels = args.channels or 3
     train_data = load_dataset(dataset, args.data_dir, train=True, image_size=image_size, channels=channels)

@@ -32,8 +32,8 @@ from .checkpoint import (
     CheckpointError,
     checkpoint_paths,
     checkpoint_step,
-    holds_run,
     load_training_state,
+    require_new_run,
     rng_state,
     save_model,
     save_training_state,
@@ -491,14 +491,13 @@ class Trainer:
         """Creates or resumes the run directory; returns the metrics line of the step resumed from, if any.
         Every process checks before any writes (the first file is written after initialization's
         all-reduce, which every process must have reached)."""
-        if not resume and holds_run(self.run_dir):
-            raise ValueError(
-                f"{self.run_dir} already holds a training run: pass --resume to continue it, or choose another --out"
-            )
+        if not resume:
+            require_new_run(self.run_dir)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.run_dir.rglob(".*.tmp*"):
-                stale.unlink(missing_ok=True)  # a save interrupted by SIGKILL, in any folder of the run
+            for folder in (self.run_dir, *(self.run_dir / name for name in ("model", "samples", "checkpoints"))):
+                for stale in folder.glob(".*.tmp*"):  # a save interrupted by SIGKILL, in any folder training writes
+                    stale.unlink(missing_ok=True)
         state = load_training_state(self.run_dir) if resume else None
         self._set_precision(state.get("precision") if state else None)
         if state is None:
