@@ -95,10 +95,19 @@ def _full_precision(model: Glow):
         model.set_compute(precision=precision)
 
 
-def _round_trip_error(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor]:
-    """Latents of ``x`` and each image's largest error ``(B,)`` after decoding them again."""
-    zs, _ = model.encode(x, y)
-    return zs, (model.decode(zs, y) - x).abs().flatten(1).amax(1)
+def _encode_exact(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Latents of ``x`` that decode exactly, the plain round trip's images, and each image's largest
+    error ``(B,)`` in that round trip. Images whose error exceeds ``ROUND_TRIP_TOLERANCE`` are encoded
+    again in float64 (and then all latents are float64)."""
+    with _full_precision(model):
+        zs, _ = model.encode(x, y)
+        x_back = model.decode(zs, y)
+    error = (x_back - x).abs().flatten(1).amax(1)
+    off = error > ROUND_TRIP_TOLERANCE
+    if off.any():
+        twin_zs, _ = float64_twin(model).encode(x[off].double(), None if y is None else y[off])
+        zs = [z.double().index_put((off,), z64) for z, z64 in zip(zs, twin_zs, strict=True)]
+    return zs, x_back, error
 
 
 @torch.inference_mode()
@@ -118,16 +127,7 @@ def encode_images(
     for start in range(0, len(images), batch_size):
         labels = None if y is None else y[start : start + batch_size]
         x = _model_input(model, images[start : start + batch_size])
-        if not exact:
-            parts.append(model.encode(x, labels)[0])
-            continue
-        with _full_precision(model):
-            zs, error = _round_trip_error(model, x, labels)
-        off = error > ROUND_TRIP_TOLERANCE
-        if off.any():
-            twin_zs, _ = float64_twin(model).encode(x[off].double(), None if labels is None else labels[off])
-            zs = [z.double().index_put((off,), z64) for z, z64 in zip(zs, twin_zs, strict=True)]
-        parts.append(zs)
+        parts.append(_encode_exact(model, x, labels)[0] if exact else model.encode(x, labels)[0])
     dtype = torch.float64 if any(z.dtype == torch.float64 for part in parts for z in part) else parts[0][0].dtype
     return [torch.cat([part[level].to(dtype) for part in parts]) for level in range(len(parts[0]))]
 
@@ -146,7 +146,8 @@ def decode_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) ->
 @torch.inference_mode()
 def round_trip_report(model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256) -> dict:
     """How well conditioned ``model`` is on uint8 ``images``: the round trip encode -> decode in the model's
-    dtype, image by image, and how many images the exact paths recompute in float64.
+    dtype (coupling networks in full precision), image by image, and how many images the exact paths
+    recompute in float64.
 
     Returns ``images``, ``float64_images`` (round trip off by more than ``ROUND_TRIP_TOLERANCE``),
     ``wrong_pixels`` (pixels the plain round trip changes), ``worst_error`` with ``worst_image``,
@@ -159,11 +160,11 @@ def round_trip_report(model: Glow, images: Tensor, y: Tensor | None = None, batc
         batch = images[start : start + batch_size]
         labels = None if y is None else y[start : start + batch_size]
         x = _model_input(model, batch)
-        zs, error = _round_trip_error(model, x, labels)
+        zs, x_back, error = _encode_exact(model, x, labels)
         errors.append(error.double().cpu())
-        wrong += int((_to_images(model, model.decode(zs, labels)) != to_uint8(x, model.config.n_bits).cpu()).sum())
-        back = decode_images(model, encode_images(model, batch, labels), labels)
-        exact_wrong += int((back != to_uint8(x, model.config.n_bits).cpu()).sum())
+        pixels = to_uint8(x, model.config.n_bits).cpu()  # the input after n_bits reduction
+        wrong += int((_to_images(model, x_back) != pixels).sum())
+        exact_wrong += int((decode_images(model, zs, labels) != pixels).sum())
     errors = torch.cat(errors)
     worst = int(errors.argmax())
     unit_roundoff = torch.finfo(model.top_prior.dtype).eps / 2
