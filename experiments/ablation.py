@@ -75,8 +75,8 @@ def settings(args: argparse.Namespace) -> tuple[str, dict, dict]:
     """(dataset, model values, training values) shared by every run of the grid."""
     preset = load_preset(args.preset) if args.preset else {}
     dataset = args.dataset or preset.get("dataset") or "digits"
-    model = {**preset.get("model", {}), **{k: v for k in ("levels", "depth", "hidden_channels")
-                                           if (v := getattr(args, k)) is not None}}  # fmt: skip
+    model = {k: v for k, v in preset.get("model", {}).items() if k not in ("coupling", "permutation")}  # the grid's
+    model.update({k: v for k in ("levels", "depth", "hidden_channels") if (v := getattr(args, k)) is not None})
     training = dict(preset.get("train", {}))
     for key in ("batch_size", "optimizer", "lr", "warmup_steps"):
         if getattr(args, key) is not None:

@@ -41,3 +41,24 @@ def test_smoke_grid_writes_table_and_figure_and_resumes(tmp_path) -> None:
     assert "0 trained, 1 resumed, 15 reused" in second
     assert "affine-lu-seed1: resumed" in second
     assert [p.name for p in checkpoint_paths(interrupted)][-1] == "step_00000040.pt"
+
+
+def test_a_preset_gives_the_settings_and_the_grid_gives_coupling_and_permutation() -> None:
+    """The paper-scale recipe (``--preset cifar10``): the preset's model and optimizer, the grid's coupling
+    and permutation, the flags' budget."""
+    import importlib.util
+
+    from glowtorch import GlowConfig
+    from glowtorch.train import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    args = ablation.parse_args(["--preset", "cifar10", "--dataset", "cifar10", "--steps", "50000",
+                                "--warmup-steps", "2000", "--eval-every", "2500"])  # fmt: skip
+    dataset, model, training = ablation.settings(args)
+    assert dataset == "cifar10" and model["depth"] == 32 and model["hidden_channels"] == 512
+    config = GlowConfig(image_shape=(3, 32, 32), coupling="additive", permutation="shuffle", **model)
+    assert (config.coupling, config.permutation) == ("additive", "shuffle")
+    train = TrainConfig(**{**training, "seed": 1})
+    assert (train.steps, train.decay_steps, train.warmup_steps, train.optimizer) == (50000, 50000, 2000, "adamax")
