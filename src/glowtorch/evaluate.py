@@ -18,6 +18,7 @@ from torch import Tensor
 from .data import Dataset, step_generator
 from .distributed import Distributed
 from .files import atomic_write
+from .latent import check_images
 from .metrics import nll_bits_per_dim
 from .model import Glow
 from .preprocess import dequantize
@@ -82,8 +83,7 @@ def score_images(
     dist = dist or Distributed()
     model.eval()
     config, ref = model.config, model.top_prior
-    if tuple(images.shape[1:]) != config.image_shape:
-        raise ValueError(f"images are {tuple(images.shape[1:])} (C, H, W) but the model expects {config.image_shape}")
+    check_images(model, images)
     if config.num_classes and labels is None:
         raise ValueError("the model is class-conditional: pass the images' labels")
     conditional = config.num_classes > 0

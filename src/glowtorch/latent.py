@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .files import atomic_write
+from .layers import parameters_state
 from .model import Glow
 from .preprocess import dequantize, to_uint8
 
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 
-def _check_images(model: Glow, images: Tensor) -> None:
+def check_images(model: Glow, images: Tensor) -> None:
+    """``ValueError`` unless ``images`` are ``(N, C, H, W)`` of the model's image shape."""
     expected = model.config.image_shape
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(f"images are {tuple(images.shape[1:])} (C, H, W) but the model expects {expected}")
@@ -56,7 +58,7 @@ ROUND_TRIP_TOLERANCE = 1e-4
 
 def _model_input(model: Glow, images: Tensor) -> Tensor:
     """uint8 images at the centres of their bins, in the model's dtype and on its device."""
-    _check_images(model, images)
+    check_images(model, images)
     ref = model.top_prior
     return dequantize(images, model.config.n_bits, noise=False).to(device=ref.device, dtype=ref.dtype)
 
@@ -71,7 +73,7 @@ def float64_twin(model: Glow) -> Glow:
     cannot give back: a trained flow can amplify that rounding a millionfold around some images."""
     if model.top_prior.dtype == torch.float64:
         return model
-    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    key = parameters_state(model)
     cached = model.__dict__.get("_float64_twin")
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called in inference mode

@@ -109,13 +109,19 @@ class ActNorm(nn.Module):
         return y * torch.exp(-self.log_scale) - self.bias, -self.logdet(y)
 
 
+def parameters_state(module: nn.Module) -> tuple:
+    """What identifies the current values of ``module``'s parameters: in-place updates bump ``_version``,
+    ``.to()`` swaps storage. A cache keyed on it is valid until a parameter changes."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+
+
 def _cached_inverse(layer: nn.Module, weight) -> Tensor:
     """``inv(weight())`` computed in float64 and cast back. Without autograd (sampling, decoding) it is
     cached until a parameter changes (in-place updates bump ``_version``; ``.to()`` swaps storage)."""
     if torch.is_grad_enabled():
         w = weight()
         return torch.linalg.inv(w.double()).to(w.dtype)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in layer.parameters())
+    key = parameters_state(layer)
     cache = layer.__dict__.get("_inverse_cache")
     if cache is None or cache[0] != key:
         w = weight()

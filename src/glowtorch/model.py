@@ -135,7 +135,6 @@ class Glow(nn.Module):
     def __init__(self, config: GlowConfig, compute: ComputeConfig | None = None) -> None:
         super().__init__()
         self.config = config
-        self.compute = ComputeConfig()
         channels, height, width = config.image_shape
         self.levels = nn.ModuleList()
         self.splits = nn.ModuleList()

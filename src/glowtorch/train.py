@@ -126,10 +126,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
-        self.compute_config()  # validates memory
-        if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         checks = [
+            (self.precision in PRECISION_CHOICES, f"precision must be one of {', '.join(PRECISION_CHOICES)}"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.optimizer in ("adam", "adamax"), "optimizer must be adam or adamax"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
@@ -158,11 +156,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.compute_config()  # validates memory
 
-    def compute_config(self, precision: str | None = None) -> ComputeConfig:
-        """How the model computes during training, with ``precision`` for "auto" (default float32)."""
-        if precision is None:
-            precision = "float32" if self.precision == "auto" else self.precision
+    def compute_config(self) -> ComputeConfig:
+        """How the model computes during training; "auto" precision is float32 until a run resolves it."""
+        precision = "float32" if self.precision == "auto" else self.precision
         return ComputeConfig(memory=self.memory, precision=precision, channels_last=self.channels_last)
 
     def to_dict(self) -> dict:
@@ -531,7 +529,7 @@ class Trainer:
                 agreed = "bfloat16" if votes.item() * 2 > self.dist.world_size else "float32"
                 choice = dataclasses.replace(choice, precision=agreed)
         self.precision = choice
-        for model in {id(self.model): self.model, id(self.ema): self.ema}.values():
+        for model in (self.model, self.ema):  # the same model twice without EMA: setting it again is harmless
             model.set_compute(precision=choice.precision)
         self.log(choice.summary())
 
@@ -557,6 +555,13 @@ class Trainer:
             self.log(f"{self.run_dir} already finished at step {self.step}: nothing to train (raise --steps, "
                      "--epochs or --max-minutes to train on)")  # fmt: skip
             return last
+
+        def evaluate(images_per_s: float) -> dict:
+            metrics = self.evaluate_and_checkpoint(images_per_s)
+            if metrics:  # empty after a rollback
+                self.log(progress_line(metrics, max_steps, config.max_minutes))
+            return metrics
+
         consecutive_bad = 0
         interval_images, interval_start = 0, time.monotonic()
         bar = tqdm(total=max_steps, initial=self.step, disable=not progress or not self.dist.is_main, unit="step",
@@ -588,15 +593,11 @@ class Trainer:
                     bar.set_postfix(bpd=f"{self.running_bpd or float('nan'):.3f}", img_s=f"{rate:.0f}")
                     window_images, window_start = 0, now
                 if self.step % eval_every == 0:
-                    last = self.evaluate_and_checkpoint(interval_images / (time.monotonic() - interval_start))
-                    if last:
-                        self.log(progress_line(last, max_steps, config.max_minutes))
+                    last = evaluate(interval_images / (time.monotonic() - interval_start))
                     interval_images, interval_start = 0, time.monotonic()
             bar.close()
             if not last or last["step"] != self.step:
-                last = self.evaluate_and_checkpoint(interval_images / max(time.monotonic() - interval_start, 1e-9))
-                if last:
-                    self.log(progress_line(last, max_steps, config.max_minutes))
+                last = evaluate(interval_images / max(time.monotonic() - interval_start, 1e-9))
         return last
 
     def _stop_requested(self, stop: StopRequest) -> bool:
