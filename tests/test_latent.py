@@ -18,12 +18,14 @@ from glowtorch.distributed import Distributed
 from glowtorch.evaluate import score_images
 from glowtorch.latent import (
     attribute_directions,
+    change_class,
     decode_images,
     encode_images,
     interpolate,
     manipulate,
     model_fingerprint,
     slerp,
+    standard_noise,
     temperature_grid,
 )
 
@@ -295,3 +297,29 @@ def test_celeba_attribute_directions_command(checkpoint, tmp_path, capsys) -> No
     code, _, _ = run(capsys, "manipulate", rgb, face, "--direction", out, "--attribute", "Smiling",
                      "-o", tmp_path / "smile.png")  # fmt: skip
     assert code == 0 and Image.open(tmp_path / "smile.png").size == (5 * 10 + 2, 12)
+
+
+def test_standard_noise_is_what_sampling_turns_into_the_latents() -> None:
+    model = randomize(Glow(tiny_config(num_classes=3)).double(), scale=0.1).eval()
+    y = torch.tensor([0, 2, 1])
+    zs, x = model.sample_with_latents(3, 0.7, y=y, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    noise = standard_noise(model, zs, y)
+    with torch.no_grad():
+        again, x_again = model._sample_from_noise(noise, [1.0] * len(zs), y)
+        at_zero = model._sample_from_noise([torch.zeros_like(n) for n in noise], [1.0] * len(zs), y)[0]
+    for z, z_again in zip(zs, again, strict=True):
+        assert_close(z_again, z, rtol=1e-10, atol=1e-10)
+    assert_close(x_again, x, rtol=1e-10, atol=1e-10)
+    assert_close(at_zero[-1], model.top_prior_params(3, y)[0])  # zero noise: the prior's mean
+
+
+def test_change_class_keeps_the_image_under_its_own_class_and_changes_it_under_others() -> None:
+    model = randomize(Glow(tiny_config(image_shape=(1, 4, 4), num_classes=3)), scale=0.2).eval()
+    image = torch.randint(0, 256, (1, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    zs = encode_images(model, image, torch.tensor([1]))
+    row = change_class(model, zs, torch.tensor(1), torch.arange(3))
+    assert row.shape == (3, 1, 4, 4) and torch.equal(row[1], image[0])
+    assert not torch.equal(row[0], image[0]) and not torch.equal(row[2], image[0])
+    with pytest.raises(ValueError, match="class-conditional"):
+        change_class(randomize(Glow(tiny_config(image_shape=(1, 4, 4)))), zs, torch.tensor(0), torch.arange(2))

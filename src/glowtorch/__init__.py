@@ -5,6 +5,7 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .metrics import bits_per_dim, nll_bits_per_dim
 from .model import ComputeConfig, Glow, GlowConfig, NotInitializedError
 from .preprocess import dequantize, to_uint8
+from .pretrained import load_pretrained, pretrained_names
 
 __all__ = [
     "CheckpointError",
@@ -16,7 +17,9 @@ __all__ = [
     "dequantize",
     "keep_freed_memory",
     "load_model",
+    "load_pretrained",
     "nll_bits_per_dim",
+    "pretrained_names",
     "save_model",
     "to_uint8",
 ]

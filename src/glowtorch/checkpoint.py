@@ -3,7 +3,8 @@
 - A model: ``config.json`` (the architecture) + ``model.safetensors`` in one directory (no pickle).
 - A training state: ``RUN/checkpoints/step_N.pt`` (model, EMA, optimizer, counters, RNG), written
   atomically and loaded with ``torch.load(weights_only=True)``.
-- Where a command finds a model: a model directory or a run directory holding ``model/``.
+- Where a command finds a model: a model directory, a run directory holding ``model/``, or a model
+  shipped with the package, ``pretrained:NAME``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .files import atomic_write, first_line
 from .model import Glow, GlowConfig
+from .pretrained import is_pretrained, pretrained_dir
 
 __all__ = [
     "CheckpointError",
@@ -74,8 +76,8 @@ def load_config(directory: str | Path) -> GlowConfig:
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glow:
-    """Loads a model saved by ``save_model`` (from its directory, or a run directory holding ``model/``);
-    its ActNorm layers keep their saved state. It computes with the default ``ComputeConfig``."""
+    """Loads a model saved by ``save_model`` (from its directory, a run directory holding ``model/``, or
+    ``pretrained:NAME``); its ActNorm layers keep their saved state. It computes with the default ``ComputeConfig``."""
     directory = resolve_checkpoint(directory)
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
@@ -101,7 +103,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glo
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory (config.json + model.safetensors) or a run directory holding ``model/``."""
+    """A model directory (config.json + model.safetensors), a run directory holding ``model/``, or a
+    shipped model, ``pretrained:NAME`` (an unknown name raises ``CheckpointError`` listing the shipped ones)."""
+    if is_pretrained(path):
+        try:
+            return pretrained_dir(str(path))
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
     p = Path(path)
     if not p.exists():
         raise CheckpointError(

@@ -27,6 +27,7 @@ from .files import ensure_writable_dir, first_line
 from .model import GlowConfig, NotInitializedError
 from .precision import PRECISION_CHOICES
 from .presets import load_preset, preset_names
+from .pretrained import is_pretrained, pretrained_card, pretrained_names
 from .train import TrainConfig
 
 __all__ = ["main"]
@@ -281,7 +282,7 @@ def cmd_encode(args) -> int:
     from .data import read_image_files
     from .latent import encode_images, write_latents
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    checkpoint = args.checkpoint if is_pretrained(args.checkpoint) else resolve_checkpoint(args.checkpoint)
     model = load_model(checkpoint, device=args.device)
     images = read_image_files(args.images, model.config.image_shape)
     y = _labels(model, args.label, len(images))
@@ -294,7 +295,7 @@ def cmd_encode(args) -> int:
 
 def cmd_decode(args) -> int:
     from .images import save_grid
-    from .latent import decode_images, read_latents
+    from .latent import change_class, decode_images, read_latents
 
     latents = read_latents(args.latents)
     checkpoint = args.checkpoint or latents.checkpoint
@@ -302,7 +303,16 @@ def cmd_decode(args) -> int:
         raise UsageError(f"{args.latents} names no checkpoint; pass --checkpoint")
     model = load_model(checkpoint, device=args.device)
     latents.check_model(model, args.latents)
-    images = decode_images(model, latents.zs, latents.y)
+    if args.label is None:
+        images = decode_images(model, latents.zs, latents.y)
+    else:  # the same handwriting under another class
+        if latents.y is None:
+            raise UsageError(f"{args.latents} holds no classes: --label needs latents of a class-conditional model")
+        if not 0 <= args.label < model.config.num_classes:
+            raise UsageError(f"--label must be from 0 to {model.config.num_classes - 1}")
+        new_y = torch.tensor([args.label], device=model.top_prior.device)
+        images = torch.cat([change_class(model, [z[i : i + 1] for z in latents.zs], latents.y[i], new_y)
+                            for i in range(len(latents.y))])  # fmt: skip
     out = ensure_writable_dir(Path(args.output))
     for name, image in zip(latents.names, images, strict=True):
         save_grid(image.unsqueeze(0), out / f"{name}.png", columns=1, padding=0)
@@ -420,6 +430,31 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("the demo needs Gradio: pip install 'glowtorch[demo]'")
+    from .demo import Explorer, launch
+
+    checkpoint = args.checkpoint or "pretrained:mnist"
+    explorer = Explorer.from_checkpoint(checkpoint, args.dataset, args.data_dir, args.device, not args.no_progress)
+    print(f"serving {checkpoint} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    launch(explorer, args.host, args.port, quiet=True)
+    return 0
+
+
+def cmd_pretrained(args) -> int:
+    for name in pretrained_names():
+        card = pretrained_card(name)
+        print(
+            f"pretrained:{name:18s} {card['test_bpd']:.4f} bits/dim on the {card['dataset']} test set, "
+            f"{card['parameters'] / 1e6:.2f}M parameters, {card['cpu_hours']:.1f} CPU-hours; trained with: "
+            f"{card['command']}"
+        )
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in preset_names():
         preset = load_preset(name)
@@ -441,7 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     device = _parent((("--device",), dict(default="cpu", help="cpu, cuda or cuda:N")))
-    model = _parent((("checkpoint",), dict(help="model directory or run directory")))
+    model = _parent(
+        (
+            ("checkpoint",),
+            dict(help="model directory, run directory, or pretrained:NAME (a shipped model, see glowtorch pretrained)"),
+        )
+    )
     label = _parent((("--label",), dict(type=int, help="class of the images or samples (class-conditional models)")))
     scale = _parent((("--scale",), dict(type=positive_int, default=1, help="pixel size in the PNG")))
     progress = _parent((("--no-progress",), dict(action="store_true", help="no progress bar")))
@@ -499,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("decode", help="latents to images (one PNG per image)", parents=[device])
     de.add_argument("latents", help="a file written by glowtorch encode")
     de.add_argument("--checkpoint", help="default: the checkpoint the latents were encoded with")
+    de.add_argument("--label", type=int, help="class-conditional models: decode each image's handwriting (its "
+                    "standardized latents) under this class instead of its own")  # fmt: skip
     de.add_argument("--output", "-o", default="decoded")
     de.set_defaults(func=cmd_decode)
 
@@ -552,6 +594,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--output", "-o", help="default: RUN_DIR/bpd.png")
     pl.set_defaults(func=cmd_plot)
 
+    dm = sub.add_parser("demo", help="explore a model in the browser (a local web page)", parents=[device, progress])
+    dm.add_argument("checkpoint", nargs="?", help="model directory, run directory or pretrained:NAME "
+                    "(default: pretrained:mnist)")  # fmt: skip
+    dm.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    dm.add_argument("--port", type=positive_int, default=7860)
+    dm.add_argument("--dataset", choices=choices, help="score its test split and compute directions from its "
+                    "training split once (cached in the model folder's demo/), for models that lack them")  # fmt: skip
+    dm.add_argument("--data-dir", help="folder holding the dataset's files")
+    dm.set_defaults(func=cmd_demo)
+    pt = sub.add_parser("pretrained", help="list the shipped pretrained models")
+    pt.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)
     return parser

@@ -23,6 +23,7 @@ from .files import atomic_write
 from .layers import parameters_state
 from .model import Glow
 from .preprocess import dequantize, to_uint8
+from .pretrained import is_pretrained
 
 __all__ = [
     "attribute_directions",
@@ -38,6 +39,7 @@ __all__ = [
     "round_trip_report",
     "save_latents",
     "slerp",
+    "standard_noise",
     "temperature_grid",
     "write_directions",
     "write_latents",
@@ -293,6 +295,41 @@ def manipulate(
     return decode_images(model, shifted, None if y is None else y.expand(len(scales)))
 
 
+@torch.inference_mode()
+def standard_noise(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) -> list[Tensor]:
+    """Each latent as the standard-normal noise its prior turns into it, ``(z - mean) / std`` per level
+    (finest first): the top latent under the class prior of ``y``, each split's under the prior its
+    coarser levels predict. Sampling at temperature 1 from this noise gives ``zs`` back."""
+    zs = [z.to(model.top_prior) for z in zs]
+    mean, log_std = model.top_prior_params(len(zs[0]), y)
+    noise = [torch.empty(0)] * len(zs)
+    noise[-1] = (zs[-1] - mean) * torch.exp(-log_std)
+
+    def put_back(level: int, kept: Tensor) -> Tensor:
+        mean, log_std = model.splits[level].prior(kept)
+        noise[level] = (zs[level] - mean) * torch.exp(-log_std)
+        return zs[level]
+
+    model._decode_levels(model._layout(zs[-1]), put_back)
+    return [n.contiguous() for n in noise]
+
+
+@torch.inference_mode()
+def change_class(model: Glow, zs: Sequence[Tensor], y: Tensor, new_y: Tensor) -> Tensor:
+    """ "Same handwriting, another digit": uint8 images ``(len(new_y), C, H, W)`` of one image's latents
+    ``zs`` (batch 1, encoded under class ``y``) decoded under each class of ``new_y``. The image's
+    standard noise (``standard_noise``) is kept and the class prior changed; in float64, so that the
+    image's own class gives the image back exactly."""
+    if not model.config.num_classes:
+        raise ValueError("changing the class needs a class-conditional model")
+    twin = float64_twin(model)
+    noise = standard_noise(twin, [z.double() for z in zs], y.view(1))
+    noise = [n.expand(len(new_y), *n.shape[1:]) for n in noise]
+    with _full_precision(twin):
+        _, x = twin._sample_from_noise(noise, [1.0] * len(noise), new_y.to(twin.top_prior.device))
+    return _to_images(twin, x)
+
+
 # --------------------------------------------------------------------------- files
 def model_fingerprint(model: Glow) -> str:
     """A short hash of the model's config and weights: ties latent and direction files to their model."""
@@ -376,8 +413,8 @@ def write_latents(
     }
     if names is not None:
         metadata["files"] = json.dumps(list(names))
-    if checkpoint is not None:
-        metadata["checkpoint"] = str(Path(checkpoint).resolve())
+    if checkpoint is not None:  # a shipped model keeps its name, which holds wherever the package is installed
+        metadata["checkpoint"] = checkpoint if is_pretrained(checkpoint) else str(Path(checkpoint).resolve())
     return save_latents(path, tensors, metadata)
 
 

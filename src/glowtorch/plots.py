@@ -21,6 +21,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def _value(row: dict, metric: str) -> float | None:
+    """A metrics line's value; train bits/dim is the mean over the steps since the previous evaluation
+    where the line has it (older runs recorded only a smoothed value)."""
+    if metric == "train_bpd" and row.get("train_bpd_mean") is not None:
+        return row["train_bpd_mean"]
+    return row.get(metric)
+
+
 def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
     """Writes a PNG with bits/dim against step (left) and wall-clock minutes (right)."""
     import matplotlib
@@ -35,7 +43,7 @@ def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
     for axis, key, label in ((axes[0], "step", "step"), (axes[1], "elapsed_s", "wall time (minutes)")):
         scale = 60.0 if key == "elapsed_s" else 1.0
         for metric, style in (("train_bpd", "-"), ("test_bpd", "o-")):
-            points = [(r[key] / scale, r[metric]) for r in rows if r.get(metric) is not None and key in r]
+            points = [(r[key] / scale, _value(r, metric)) for r in rows if _value(r, metric) is not None and key in r]
             if points:
                 axis.plot(*zip(*points, strict=True), style, label=metric.replace("_", " "), markersize=3)
         axis.set_xlabel(label)

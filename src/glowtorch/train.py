@@ -242,8 +242,9 @@ def progress_line(metrics: dict, max_steps: int | None = None, max_minutes: floa
     """One evaluation as a person reads it, e.g. ``step 1875 | epoch 1.0 | train 2.050 | test 1.901 bits/dim
     (median 1.931) | 354 img/s | 2:51 elapsed, ~5:09 left`` (the whole line is in metrics.jsonl)."""
     parts = [f"step {metrics['step']}", f"epoch {metrics['epoch']:.1f}"]
-    if metrics.get("train_bpd") is not None:
-        parts.append(f"train {metrics['train_bpd']:.3f}")
+    train_bpd = metrics.get("train_bpd_mean", metrics.get("train_bpd"))
+    if train_bpd is not None:
+        parts.append(f"train {train_bpd:.3f}")
     if "test_bpd" in metrics:
         parts.append(f"test {metrics['test_bpd']:.3f} bits/dim (median {metrics['test_bpd_median']:.3f})")
     if "test_accuracy" in metrics:
@@ -257,6 +258,36 @@ def progress_line(metrics: dict, max_steps: int | None = None, max_minutes: floa
         left.append(max(0.0, max_minutes * 60 - elapsed))
     parts.append(f"{_clock(elapsed)} elapsed" + (f", ~{_clock(min(left))} left" if left else ""))
     return " | ".join(parts)
+
+
+class TrainingWindow:
+    """What the steps since the last evaluation did, for metrics.jsonl: the mean batch bits/dim (unsmoothed),
+    the worst batch and its step, and the gradient norm before clipping (largest, and how many steps were
+    clipped). A single bad batch shows here even when the smoothed curve and the test score hide it."""
+
+    def __init__(self) -> None:
+        self.steps, self.total = 0, 0.0
+        self.worst, self.worst_step = -math.inf, -1
+        self.max_norm, self.clipped = 0.0, 0
+
+    def add(self, step: int, bpd: float, norm: float, clip: float) -> None:
+        self.steps += 1
+        self.total += bpd
+        if bpd > self.worst:
+            self.worst, self.worst_step = bpd, step
+        self.max_norm = max(self.max_norm, norm)
+        self.clipped += int(clip > 0 and norm > clip)
+
+    def summary(self) -> dict:
+        if not self.steps:
+            return {}
+        return {
+            "train_bpd_mean": self.total / self.steps,
+            "train_bpd_worst_batch": self.worst,
+            "train_worst_step": self.worst_step,
+            "grad_norm_max": self.max_norm,
+            "clipped_steps": self.clipped,
+        }
 
 
 def _all_finite(module: nn.Module) -> bool:
@@ -317,6 +348,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.steps_per_epoch = len(train_data) // config.batch_size
         self.running_bpd: float | None = None
+        self.window = TrainingWindow()
         self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -424,6 +456,7 @@ class Trainer:
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
         value = global_bpd.item()
         self.running_bpd = value if self.running_bpd is None else 0.98 * self.running_bpd + 0.02 * value
+        self.window.add(self.step, value, float(norm), self.config.grad_clip)
         return True
 
     def evaluate_and_checkpoint(self, images_per_s: float) -> dict:
@@ -437,6 +470,7 @@ class Trainer:
             "epoch": self.step / self.steps_per_epoch,
             "elapsed_s": round(self.elapsed(), 2),
             "train_bpd": self.running_bpd,
+            **self.window.summary(),
             "train_images_per_s": round(images_per_s, 2),
             "bad_steps": self.bad_steps,
             "rollbacks": self.rollbacks,
@@ -448,6 +482,7 @@ class Trainer:
                     self.ema, self.test_data, self.config.eval_batch_size, self.config.eval_draws, dist=self.dist
                 )
             )
+        self.window = TrainingWindow()
         if self.dist.is_main:
             config = self.config
             labels = None

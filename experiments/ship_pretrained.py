@@ -1,0 +1,188 @@
+"""Makes a trained run a shipped model: copies its EMA weights into ``src/glowtorch/pretrained/NAME/``,
+measures it on the full test set, and writes its ``card.json``, the demo's test scores and class
+directions beside it, its model card ``docs/model-NAME.md`` and the card's figures (training curve,
+samples per temperature, one row per class)::
+
+    python experiments/ship_pretrained.py RUN_DIR NAME --data-dir ../shared/data/mnist \
+        --cpu-seconds 7200 --command "glowtorch train --preset mnist-cpu ..."
+
+``--cpu-seconds`` is the training process's CPU time (user + system), measured outside: the run folder
+records wall time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from glowtorch.checkpoint import load_model, resolve_checkpoint
+from glowtorch.data import load_dataset
+from glowtorch.demo import build_cache
+from glowtorch.evaluate import score_images
+from glowtorch.images import save_grid
+from glowtorch.latent import round_trip_report, temperature_grid
+from glowtorch.plots import plot_metrics, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPERATURES = (0.0, 0.5, 0.7, 0.8, 1.0)
+
+
+def measure(model, data, draws: int) -> tuple[dict, torch.Tensor]:
+    """Test bits/dim (mean over images of the mean over ``draws``), median and worst image; accuracy;
+    and the per-image scores."""
+    labels = data.labels if model.config.num_classes else None
+    scores = score_images(model, data.images, labels, draws=draws, progress=True)
+    per_image = scores.bits_per_dim
+    worst = int(per_image.argmax())
+    result = {
+        "test_bpd": per_image.sum().item() / len(per_image),
+        "test_bpd_median": per_image.median().item(),
+        "test_bpd_worst": per_image[worst].item(),
+        "test_worst_image": worst,
+        "draws": draws,
+    }
+    if scores.predicted is not None:
+        result["test_accuracy"] = (scores.predicted == data.labels).double().mean().item()
+    return result, per_image
+
+
+def figures(model, run: Path, name: str, out: Path) -> dict[str, str]:
+    """The card's pictures under ``out``; returns ``{kind: file name}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"curve": f"model-{name}-curve.png", "samples": f"model-{name}-samples.png"}
+    plot_metrics(run / "metrics.jsonl", out / files["curve"])
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(10) % model.config.num_classes if model.config.num_classes else None
+    grid = temperature_grid(model, TEMPERATURES, 10, generator, labels)
+    save_grid(grid, out / files["samples"], columns=10, scale=2)
+    if model.config.num_classes:
+        files["classes"] = f"model-{name}-classes.png"
+        y = torch.arange(model.config.num_classes).repeat_interleave(10)
+        samples = temperature_grid(model, [0.7], len(y), torch.Generator().manual_seed(1), y)
+        save_grid(samples, out / files["classes"], columns=10, scale=2)
+    return files
+
+
+def card_text(card: dict, files: dict[str, str]) -> str:
+    """The model card in Markdown."""
+    arch = card["architecture"]
+    lines = [
+        f"# Model card: `pretrained:{card['name']}`",
+        "",
+        f'{card["summary"]} Load it with `glowtorch.load_pretrained("{card["name"]}")`, or pass '
+        f"`pretrained:{card['name']}` to any command that takes a model.",
+        "",
+        "## Architecture",
+        "",
+        f"Glow with L={arch['levels']} levels of K={arch['depth']} steps, coupling networks {arch['hidden_channels']} "
+        f"channels wide, {arch['coupling']} coupling, {arch['permutation']} 1x1 convolutions, learned top prior, "
+        f"{arch['n_bits']}-bit {card['dataset']} images of shape {tuple(arch['image_shape'])}"
+        + (f", conditioned on {arch['num_classes']} classes" if arch["num_classes"] else "")
+        + f": {card['parameters']:,} parameters, {card['weights_mb']:.1f} MB of weights (float32, EMA).",
+        "",
+        "## Training",
+        "",
+        "```",
+        card["command"],
+        "```",
+        "",
+        f"{card['steps']:,} steps of batch {card['batch_size']} ({card['epochs']:.1f} epochs of the 60,000 training "
+        f"images), {card['train_minutes']:.0f} minutes of wall time and {card['cpu_hours']:.2f} CPU-hours "
+        f"({card['threads']} thread) on {card['hardware']}.",
+        "",
+        f"![training curve](figures/{files['curve']})",
+        "",
+        "Train bits/dim is the mean over the steps since the previous evaluation; test bits/dim is the EMA",
+        "model's on the 10,000 test images (one dequantization draw per evaluation).",
+        "",
+        "## Evaluation",
+        "",
+        f"On the full 10,000-image test set, uniform dequantization, exact mean over images of the mean over "
+        f"{card['draws']} draws:",
+        "",
+        "| test bits/dim | median image | worst image |"
+        + (" latent classifier accuracy |" if "test_accuracy" in card else ""),
+        "|---|---|---|" + ("---|" if "test_accuracy" in card else ""),
+        f"| **{card['test_bpd']:.4f}** | {card['test_bpd_median']:.4f} | {card['test_bpd_worst']:.3f} "
+        f"(test image {card['test_worst_image']}) |"
+        + (f" {card['test_accuracy']:.4f} |" if "test_accuracy" in card else ""),
+        "",
+        "Exactness on all 10,000 test images (`glowtorch evaluate --round-trip`): the float32 round trip "
+        f"changes {card['round_trip']['wrong_pixels']} pixels (largest error {card['round_trip']['worst_error']:.1e}); "
+        f"{card['round_trip']['float64_images']} images are recomputed in float64 by the exact paths, after which "
+        f"encode then decode changes {card['round_trip']['exact_wrong_pixels']} pixels.",
+        "",
+        f"Reproduce: `glowtorch evaluate pretrained:{card['name']} --dataset mnist --data-dir DIR "
+        f"--draws {card['draws']}`.",
+        "",
+        "## Samples",
+        "",
+        "One row per temperature: " + ", ".join(f"{t:g}" for t in TEMPERATURES) + " (top to bottom).",
+        "",
+        f"![samples](figures/{files['samples']})",
+        "",
+    ]
+    if "classes" in files:
+        lines += ["One row per class, 0 to 9, at temperature 0.7:", "", f"![classes](figures/{files['classes']})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument("--cpu-seconds", type=float, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hardware", default="a 2-core AMD EPYC (no AVX-512), sharing it with a second training run")
+    parser.add_argument("--command", required=True)
+    parser.add_argument("--summary", required=True, help="the card's first sentence")
+    args = parser.parse_args()
+
+    model_dir = resolve_checkpoint(args.run)
+    model = load_model(model_dir).eval()
+    test = load_dataset("mnist", args.data_dir, train=False)
+    metrics = read_metrics(args.run / "metrics.jsonl")
+    train_config = json.loads((args.run / "train_config.json").read_text())
+    measured, per_image = measure(model, test, args.draws)
+    card = {
+        "name": args.name,
+        "summary": args.summary,
+        "dataset": "MNIST",
+        **measured,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_mb": (model_dir / "model.safetensors").stat().st_size / 2**20,
+        "architecture": model.config.to_dict(),
+        "steps": metrics[-1]["step"],
+        "epochs": metrics[-1]["epoch"],
+        "batch_size": train_config["batch_size"],
+        "train_minutes": metrics[-1]["elapsed_s"] / 60,
+        "cpu_hours": args.cpu_seconds / 3600,
+        "threads": args.threads,
+        "hardware": args.hardware,
+        "command": args.command,
+    }
+    labels = test.labels if model.config.num_classes else None
+    report = round_trip_report(model, test.images, labels)
+    card["round_trip"] = {k: report[k] for k in ("float64_images", "wrong_pixels", "worst_error", "exact_wrong_pixels")}
+    assert all(math.isfinite(v) for v in (card["test_bpd"], card["test_bpd_worst"]))
+
+    target = ROOT / "src" / "glowtorch" / "pretrained" / args.name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("config.json", "model.safetensors"):
+        shutil.copyfile(model_dir / file, target / file)
+    (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    build_cache(model, target, "mnist", args.data_dir, scores=per_image)  # the demo's test scores and directions
+    files = figures(model, args.run, args.name, ROOT / "docs" / "figures")
+    (ROOT / "docs" / f"model-{args.name}.md").write_text(card_text(card, files))
+    print(json.dumps({k: v for k, v in card.items() if k != "architecture"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

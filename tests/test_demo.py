@@ -1,0 +1,205 @@
+"""The demo's computations without a browser: input images, sampling, reading, paths, edits, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize
+from glowtorch import Glow, GlowConfig
+from glowtorch.demo import DemoError, Explorer, prepare_image, show
+from glowtorch.latent import write_directions
+
+
+def mnist_like_model(num_classes: int = 0, seed: int = 0) -> Glow:
+    torch.manual_seed(seed)
+    config = GlowConfig(image_shape=(1, 28, 28), levels=2, depth=1, hidden_channels=8, num_classes=num_classes)
+    return randomize(Glow(config), scale=0.05, seed=seed).eval()
+
+
+def digit(value: int = 255) -> torch.Tensor:
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[0, 6:22, 13:15] = value
+    return image
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Explorer:
+    model = mnist_like_model()
+    examples = torch.stack([digit(), digit(200), digit(120)])
+    scores = torch.linspace(1.0, 3.0, 1000)
+    directions = {
+        "up": [torch.ones(s) * 0.1 for s in model.latent_shapes],
+        "down": [-torch.ones(s) * 0.1 for s in model.latent_shapes],
+    }  # noqa: E501
+    return Explorer(model, "tiny", scores, examples, directions)
+
+
+# --------------------------------------------------------------------------- input images
+def test_an_image_of_the_models_size_and_mode_is_taken_as_is() -> None:
+    array = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    image, note = prepare_image(array, (1, 28, 28))
+    assert note == "used as is" and (image[0].numpy() == array).all()
+    rgb_gray = np.repeat(array[..., None], 3, axis=2)  # a grayscale PNG saved as RGB is still that image
+    assert (prepare_image(rgb_gray, (1, 28, 28))[0][0].numpy() == array).all()
+
+
+def test_a_drawing_is_brought_to_mnist_form() -> None:
+    pad = np.zeros((280, 280, 4), np.uint8)  # black strokes on a transparent pad, off-centre and small
+    pad[20:100, 30:40] = (0, 0, 0, 255)
+    image, note = prepare_image({"composite": pad}, (1, 28, 28))
+    assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and "28x28" in note
+    ink = image[0].double()
+    assert ink.max() > 200 and ink[0].sum() == 0 and ink[:, 0].sum() == 0  # white on black, margins empty
+    rows, cols = torch.nonzero(ink > 50, as_tuple=True)
+    assert rows.max() - rows.min() + 1 in range(17, 22)  # the stroke's height scaled into the central 20 pixels
+    mass_row = (ink.sum(1) * torch.arange(28)).sum() / ink.sum()
+    mass_col = (ink.sum(0) * torch.arange(28)).sum() / ink.sum()
+    assert abs(mass_row - 14) < 1.5 and abs(mass_col - 14) < 1.5
+
+
+def test_uploads_of_another_size_or_colour_are_converted_and_said_so(tmp_path) -> None:
+    picture = np.full((90, 60, 3), 255, np.uint8)  # dark digit on white, colour, another size
+    picture[20:70, 25:35] = (10, 20, 200)
+    Image.fromarray(picture).save(tmp_path / "upload.jpg")
+    image, note = prepare_image(str(tmp_path / "upload.jpg"), (1, 28, 28))
+    assert image.shape == (1, 28, 28) and "60x90" in note and image.max() > 100 and image[0, 0, 0] == 0
+    colour, note = prepare_image(picture, (3, 16, 16))  # a colour model: centre crop and resize
+    assert colour.shape == (3, 16, 16) and "centre-cropped" in note
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "no image"),
+        ({"composite": np.zeros((280, 280, 4), np.uint8)}, "drawing is empty"),
+        ({"composite": np.full((280, 280, 4), 255, np.uint8)}, "drawing is empty"),
+        (np.zeros((5000, 5000), np.uint8), "under 4096x4096"),
+        (np.zeros((28, 28, 7), np.uint8), "expected an image"),
+    ],
+)
+def test_bad_images_are_refused_with_a_message(value, message: str) -> None:
+    with pytest.raises(DemoError, match=message):
+        prepare_image(value, (1, 28, 28))
+
+
+def test_a_file_that_is_not_an_image_is_refused(tmp_path) -> None:
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(DemoError, match="not a readable image"):
+        prepare_image(str(tmp_path / "notes.png"), (1, 28, 28))
+
+
+# --------------------------------------------------------------------------- the explorer
+def test_samples_follow_temperature_and_seed(explorer) -> None:
+    cold, warm = explorer.sample(0.0, seed=1, n=8), explorer.sample(1.0, seed=1, n=8)
+    assert cold.shape == (8, 1, 28, 28) and cold.dtype == torch.uint8
+    assert (cold == cold[0]).all() and not (warm == warm[0]).all()  # temperature 0 is the prior's mode
+    assert torch.equal(explorer.sample(0.7, seed=3, n=4), explorer.sample(0.7, seed=3, n=4))
+    assert not torch.equal(explorer.sample(0.7, seed=3, n=4), explorer.sample(0.7, seed=4, n=4))
+    per_level = explorer.sample(0.7, seed=1, n=8, level_temperatures="0, 0")
+    assert torch.equal(per_level, cold)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 1.5}, "between 0 and 1"),
+        ({"temperature": float("nan")}, "finite"),
+        ({"temperature": "warm"}, "must be a number"),
+        ({"temperature": 0.5, "level_temperatures": "0.5"}, "give 2 per-level"),
+        ({"temperature": 0.5, "level_temperatures": "a,b"}, "separated by commas"),
+        ({"temperature": 0.5, "n": 500}, "1 to 64"),
+    ],
+)
+def test_out_of_range_sampling_values_are_refused(explorer, kwargs, message: str) -> None:
+    with pytest.raises(DemoError, match=message):
+        explorer.sample(**kwargs)
+
+
+def test_reading_an_image_reconstructs_it_exactly_and_places_its_score(explorer) -> None:
+    image = explorer.examples[1]
+    reading = explorer.read(image)
+    assert torch.equal(reading.reconstruction, image)
+    assert np.isfinite(reading.bits_per_dim) and 0 <= reading.percentile <= 100
+    expected = 100.0 * float((explorer.test_scores < reading.bits_per_dim).sum()) / len(explorer.test_scores)
+    assert reading.percentile == pytest.approx(expected, abs=0.2)
+    picture = explorer.histogram(reading.bits_per_dim)
+    assert picture.ndim == 3 and ((picture == (220, 30, 30)).all(axis=2)).any()  # the marker is drawn
+    assert not ((explorer.histogram(None) == (220, 30, 30)).all(axis=2)).any()
+
+
+def test_the_verdict_separates_usual_and_unusual_scores() -> None:
+    model = mnist_like_model()
+    reading = Explorer(model, "m").read(digit())
+    assert reading.percentile is None and "--dataset" in reading.verdict
+    low = Explorer(model, "m", torch.full((100,), reading.bits_per_dim + 1.0)).read(digit())
+    high = Explorer(model, "m", torch.full((100,), reading.bits_per_dim - 1.0)).read(digit())
+    assert low.verdict.startswith("in distribution") and high.verdict.startswith("out of distribution")
+
+
+def test_interpolation_starts_and_ends_at_its_images(explorer) -> None:
+    a, b = explorer.examples[0], explorer.examples[2]
+    start, strip = explorer.interpolate(a, b, 0.0, "slerp")
+    end, _ = explorer.interpolate(a, b, 1.0, "linear")
+    middle, _ = explorer.interpolate(a, b, 0.5, "linear")
+    assert torch.equal(start, a) and torch.equal(end, b) and strip.shape == (9, 1, 28, 28)
+    assert torch.equal(strip[0], a) and torch.equal(strip[-1], b)
+    assert not torch.equal(middle, a) and not torch.equal(middle, b)
+    with pytest.raises(DemoError, match="between 0 and 1"):
+        explorer.interpolate(a, b, 2.0)
+    with pytest.raises(DemoError, match="linear or slerp"):
+        explorer.interpolate(a, b, 0.5, "cubic")
+
+
+def test_edits_move_along_the_directions(explorer) -> None:
+    image = explorer.examples[0]
+    assert torch.equal(explorer.edit(image, {"up": 0.0, "down": 0.0}), image)
+    moved = explorer.edit(image, {"up": 2.0})
+    assert not torch.equal(moved, image)
+    assert torch.equal(explorer.edit(image, {"up": 1.0, "down": 1.0}), image)  # opposite directions cancel
+    with pytest.raises(DemoError, match="no direction named"):
+        explorer.edit(image, {"sideways": 1.0})
+    with pytest.raises(DemoError, match="within -10 to 10"):
+        explorer.edit(image, {"up": 50.0})
+
+
+def test_a_directions_file_of_another_model_is_refused(explorer, tmp_path) -> None:
+    other = mnist_like_model(seed=1)
+    directions = [torch.zeros(1, *s) for s in other.latent_shapes]
+    write_directions(tmp_path / "other.safetensors", other, directions, ["x"], "mnist")
+    before = dict(explorer.directions)
+    with pytest.raises(DemoError, match="another model"):
+        explorer.load_directions(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(DemoError, match="not a readable safetensors file"):
+        explorer.load_directions(tmp_path / "junk.safetensors")
+    assert explorer.directions == before
+    write_directions(tmp_path / "own.safetensors", explorer.model, directions, ["x"], "mnist")
+    try:
+        assert explorer.load_directions(tmp_path / "own.safetensors") == ["x"]
+    finally:
+        explorer.directions = before
+
+
+def test_same_handwriting_another_digit() -> None:
+    model = mnist_like_model(num_classes=10)
+    conditional = Explorer(model, "c")
+    image = digit()
+    row = conditional.relabel(image, 1)
+    assert row.shape == (10, 1, 28, 28) and torch.equal(row[1], image)  # under its own label: itself
+    assert len({bytes(r.numpy()) for r in row}) > 1
+    with pytest.raises(DemoError, match="pick a class"):
+        conditional.relabel(image, 12)
+    with pytest.raises(DemoError, match="not class-conditional"):
+        Explorer(mnist_like_model(), "u").relabel(image, 1)
+
+
+def test_show_enlarges_pixels() -> None:
+    from glowtorch.demo import DISPLAY
+
+    picture = show(torch.stack([digit(), digit()]), columns=2)
+    assert picture.dtype == np.uint8 and picture.shape == ((28 + 2) * DISPLAY, (2 * 28 + 3) * DISPLAY)
+    single = show(digit().unsqueeze(0))
+    assert (single[:: DISPLAY, :: DISPLAY] == digit()[0].numpy()).all()
