@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates the README's pictures (docs/figures/) from a trained MNIST run:
-#   bash docs/make_figures.sh [RUN_DIR] [MNIST_DIR]
+# Regenerates the README's latent-space pictures (docs/figures/) from an MNIST model (default: the
+# shipped one; a run or model folder works too). The model cards' pictures come from
+# experiments/ship_pretrained.py.
+#   bash docs/make_figures.sh [MODEL] [MNIST_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/mnist-cpu}
+RUN=${1:-pretrained:mnist}
 DATA=${2:-../shared/data/mnist}
 OUT=docs/figures
 WORK=$(mktemp -d)
@@ -36,6 +38,4 @@ a, b = (np.asarray(Image.open(p)) for p in sys.argv[1:]); assert (a == b).all(),
 print('encode/decode round trip: pixels identical')" "$WORK/a.png" "$WORK/decoded/a.png"
 $G score "$RUN" --dataset "mnist=$DATA" --dataset "folder=$WORK/inverted" -o "$OUT/scores.csv" --histogram "$OUT/scores.png"
 rm "$OUT/scores.csv"
-$G plot "$RUN" -o "$OUT/curves.png"
-cp "$(ls "$RUN"/samples/*.png | tail -n 1)" "$OUT/samples.png"
 rm -rf "$WORK"

@@ -43,6 +43,15 @@ def test_train_writes_everything(trained_run) -> None:
     assert Image.open(trained_run / "bpd.png").size[0] > 500
 
 
+def test_metrics_describe_each_window_of_steps(trained_run) -> None:
+    lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    for previous, line in zip([{"step": 0}, *lines], lines, strict=False):
+        window = range(previous["step"], line["step"])
+        assert line["train_worst_step"] in window
+        assert line["train_bpd_worst_batch"] >= line["train_bpd_mean"] > 0
+        assert line["grad_norm_max"] > 0 and 0 <= line["clipped_steps"] <= len(window)
+
+
 def test_evaluate_matches_training_metric(trained_run, capsys) -> None:
     code, out, _ = run(capsys, "evaluate", trained_run, "--dataset", "digits", "--no-progress")
     assert code == 0

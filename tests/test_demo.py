@@ -202,4 +202,29 @@ def test_show_enlarges_pixels() -> None:
     picture = show(torch.stack([digit(), digit()]), columns=2)
     assert picture.dtype == np.uint8 and picture.shape == ((28 + 2) * DISPLAY, (2 * 28 + 3) * DISPLAY)
     single = show(digit().unsqueeze(0))
-    assert (single[:: DISPLAY, :: DISPLAY] == digit()[0].numpy()).all()
+    assert (single[::DISPLAY, ::DISPLAY] == digit()[0].numpy()).all()
+
+
+def test_a_folder_model_computes_its_scores_and_directions_once(tmp_path, monkeypatch) -> None:
+    import glowtorch.evaluate
+    from glowtorch import save_model
+
+    torch.manual_seed(0)
+    config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8)
+    save_model(randomize(Glow(config), scale=0.05), tmp_path / "model")
+    bare = Explorer.from_checkpoint(tmp_path / "model")  # nothing cached, no dataset: a page without them
+    assert bare.test_scores is None and bare.examples is None and bare.directions == {}
+    explorer = Explorer.from_checkpoint(tmp_path / "model", "digits", progress=False)
+    assert sorted(p.name for p in (tmp_path / "model" / "demo").iterdir()) == [
+        "directions.safetensors",
+        "test_scores.safetensors",
+    ]
+    assert explorer.test_scores is not None and torch.isfinite(explorer.test_scores).all()
+    assert list(explorer.directions) == [str(i) for i in range(10)] and len(explorer.examples) == 32
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(glowtorch.evaluate, "score_images", no_scoring)
+    again = Explorer.from_checkpoint(tmp_path / "model", "digits")
+    assert torch.equal(again.test_scores, explorer.test_scores)

@@ -292,15 +292,22 @@ class Explorer:
         self, a: Tensor, b: Tensor, t: float, method: str = "linear", label: int | None = None, steps: int = 9
     ) -> tuple[Tensor, Tensor]:
         """The image at ``t`` in [0, 1] on the path from ``a`` to ``b``, and the whole path in ``steps`` images."""
+        return self.frame(a, b, t, method, label), self.path(a, b, method, label, steps)
+
+    def frame(self, a: Tensor, b: Tensor, t: float, method: str = "linear", label: int | None = None) -> Tensor:
+        """The image at ``t`` in [0, 1] on the linear or spherical ("slerp") latent path from ``a`` to ``b``."""
         t = _unit_number(t, "the position on the path")
         if method not in ("linear", "slerp"):
             raise DemoError("the path is linear or slerp")
-        y = self._label(label)
         za, zb = self.latents(a, label), self.latents(b, label)
         mix = torch.lerp if method == "linear" else slerp
-        frame = decode_images(self.model, [mix(p, q, t) for p, q in zip(za, zb, strict=True)], y)
-        strip = interpolate(self.model, a, b, steps, method, y)
-        return frame[0], strip
+        return decode_images(self.model, [mix(p, q, t) for p, q in zip(za, zb, strict=True)], self._label(label))[0]
+
+    def path(self, a: Tensor, b: Tensor, method: str = "linear", label: int | None = None, steps: int = 9) -> Tensor:
+        """``steps`` images ``(steps, C, H, W)`` evenly along the path from ``a`` to ``b``."""
+        if method not in ("linear", "slerp"):
+            raise DemoError("the path is linear or slerp")
+        return interpolate(self.model, a, b, steps, method, self._label(label))
 
     # ----------------------------------------------------------------- edit
     def edit(self, image: Tensor, amounts: dict[str, float], label: int | None = None) -> Tensor:
@@ -600,7 +607,7 @@ def build_app(explorer: Explorer):
             return show(at.unsqueeze(0)), show(path, columns=len(path))
 
         def do_frame(a, b, how, t, state, y):
-            return show(explorer.interpolate(end(a, state), end(b, state), t, how, y, steps=2)[0].unsqueeze(0))
+            return show(explorer.frame(end(a, state), end(b, state), t, how, y).unsqueeze(0))
 
         def do_edit(state, y, *amounts):
             names = list(explorer.directions)
