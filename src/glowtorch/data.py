@@ -34,6 +34,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "epoch_order",
+    "folder_listing",
     "load_dataset",
     "random_flip",
     "random_shift",
@@ -123,23 +124,32 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_images, generator=step_generator(seed, epoch, stream=1))
 
 
-def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Flips each image of ``(B, C, H, W)`` horizontally with probability 1/2."""
-    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+def random_flip(
+    images: Tensor, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None
+) -> Tensor:
+    """Flips each image of ``(B, C, H, W)`` horizontally with probability 1/2. With ``rows=(part, total)``
+    the draws are made for ``total`` images and ``part`` of them used: ``images`` is that part of a batch."""
+    total = rows[1] if rows else images.shape[0]
+    flip = torch.rand(total, generator=generator, device=images.device)[rows[0] if rows else slice(None)] < 0.5
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+def random_shift(
+    images: Tensor, max_shift: int, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None
+) -> Tensor:
     """Translates each image of ``(B, C, H, W)`` by its own random whole-pixel offset.
 
     Offsets are drawn uniformly from ``[-max_shift, max_shift]`` on each axis; pixels moved in from
-    outside the frame are 0 (black). ``max_shift=0`` returns ``images`` unchanged.
+    outside the frame are 0 (black). ``max_shift=0`` returns ``images`` unchanged. ``rows`` as in
+    ``random_flip``.
     """
     if max_shift == 0:
         return images
     s = max_shift
     batch, _, height, width = images.shape
-    offsets = torch.randint(-s, s + 1, (batch, 2), generator=generator, device=images.device)
+    total = rows[1] if rows else batch
+    offsets = torch.randint(-s, s + 1, (total, 2), generator=generator, device=images.device)
+    offsets = offsets[rows[0]] if rows else offsets
     padded = F.pad(images, (s, s, s, s)).permute(0, 2, 3, 1)  # (B, H + 2s, W + 2s, C)
     # content moves down/right by (dy, dx): output row r reads padded row r - dy + s
     rows = torch.arange(height, device=images.device) - offsets[:, :1] + s  # (B, H)
@@ -391,16 +401,9 @@ def load_image_folder(data_dir: Path | None, train: bool, channels: int = 3, siz
     are not readable images are skipped and counted (a warning names how many)."""
     if data_dir is None:
         raise DataError("--data-dir is required for the image-folder dataset")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a directory")
-    split_dir = root / ("train" if train else "test")
-    has_splits = split_dir.is_dir()
-    base = split_dir if has_splits else root
-    files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not has_splits:
-        files = [p for i, p in enumerate(files) if (i % 10 == 9) != train]
-    class_dirs = sorted({p.parent.relative_to(base).parts[0] for p in files if p.parent != base})
+    files, all_labels, class_dirs = folder_listing(Path(data_dir), train)
+    split_dir = Path(data_dir) / ("train" if train else "test")
+    base = split_dir if split_dir.is_dir() else Path(data_dir)
     if size is None:
         first = next((img for img in (_read_image(p, channels, None) for p in files[:50]) if img is not None), None)
         if first is None:
@@ -412,11 +415,28 @@ def load_image_folder(data_dir: Path | None, train: bool, channels: int = 3, siz
         print(f"glowtorch: skipped {skipped} unreadable or non-image files in {base}")
     if not images:
         raise DataError(f"no readable images found in {base}")
-    labels = None
-    if class_dirs:
-        index = {name: i for i, name in enumerate(class_dirs)}
-        labels = torch.tensor([index.get(files[i].relative_to(base).parts[0], 0) for i in kept], dtype=torch.int64)
-    return Dataset(torch.stack(images), labels, class_dirs or None)
+    labels = None if all_labels is None else all_labels[torch.tensor(kept, dtype=torch.long)]
+    return Dataset(torch.stack(images), labels, class_dirs)
+
+
+def folder_listing(root: Path, train: bool) -> tuple[list[Path], Tensor | None, list[str] | None]:
+    """The image folder's files of one split (sorted), each file's class (its first sub-folder's index)
+    and the class names, or None without sub-folders. ``train/`` and ``test/`` sub-folders are the
+    splits if present, otherwise every 10th file is held out for testing."""
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory")
+    split_dir = root / ("train" if train else "test")
+    has_splits = split_dir.is_dir()
+    base = split_dir if has_splits else root
+    files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not has_splits:
+        files = [p for i, p in enumerate(files) if (i % 10 == 9) != train]
+    class_dirs = sorted({p.parent.relative_to(base).parts[0] for p in files if p.parent != base})
+    if not class_dirs:
+        return files, None, None
+    index = {name: i for i, name in enumerate(class_dirs)}
+    labels = torch.tensor([index.get(p.relative_to(base).parts[0], 0) for p in files], dtype=torch.int64)
+    return files, labels, class_dirs
 
 
 CELEBA_ATTRIBUTES_FILE = "list_attr_celeba.txt"
@@ -471,7 +491,16 @@ DATASETS: dict[str, Loader] = {
     "folder": lambda data_dir, train, image_size=None, channels=3, **kw: load_image_folder(
         data_dir, train, channels, image_size
     ),
+    "prepared": lambda data_dir, train, image_size=None, **kw: _open_store(data_dir, train, image_size),
 }
+
+
+def _open_store(data_dir: Path | None, train: bool, image_size: int | None) -> Dataset:
+    from .store import open_store
+
+    if data_dir is None:
+        raise DataError("--data-dir is required for a prepared store (the folder glowtorch prepare wrote)")
+    return open_store(data_dir, train, image_size)
 
 
 def load_dataset(
@@ -498,6 +527,12 @@ def load_dataset_for(
     """A dataset shaped for a model of ``image_shape`` (C, H, W): image folders and CelebA are resized to
     its size and read with its channel count; other data of another shape is refused."""
     channels, height, _ = image_shape
+    if name == "prepared":  # as stored: a store of another size is refused, naming its manifest
+        data = load_dataset(name, data_dir, train=train, image_size=height)
+        if data.image_shape[0] != channels:
+            raise DataError(f"{data_dir}/manifest.json: the store holds {data.image_shape[0]}-channel images, "
+                            f"the model expects {channels}")  # fmt: skip
+        return data
     resizable = name in ("folder", "celeba")
     data = load_dataset(name, data_dir, train=train, image_size=height if resizable else None, channels=channels)
     if data.image_shape != tuple(image_shape):

@@ -422,17 +422,21 @@ class Trainer:
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._order_epoch != epoch:
             self._order, self._order_epoch = epoch_order(len(self.train_data), config.seed, epoch), epoch
-        indices = self._order[index * config.batch_size : (index + 1) * config.batch_size]
-        images = self.train_data.images[indices]
-        if config.flip:
-            images = random_flip(images, step_generator(config.seed, step, stream=4))
-        if config.shift:
-            images = random_shift(images, config.shift, step_generator(config.seed, step, stream=6))
-        x = dequantize(images, self.model_config.n_bits, generator=step_generator(config.seed, step, stream=5))
         share = config.batch_size // dist.world_size
         mine = slice(dist.rank * share, (dist.rank + 1) * share)
-        y = self.train_data.labels[indices][mine].to(self.device) if self.model_config.num_classes else None
-        return x[mine].to(self.device), y
+        indices = self._order[index * config.batch_size : (index + 1) * config.batch_size][mine]
+        images = self.train_data.images[indices]  # only this process's share is read (a memory-mapped store)
+        # The randomness is drawn for the whole global batch and this share's rows taken from it.
+        batch = config.batch_size
+        if config.flip:
+            images = random_flip(images, step_generator(config.seed, step, stream=4), rows=(mine, batch))
+        if config.shift:
+            images = random_shift(images, config.shift, step_generator(config.seed, step, stream=6), rows=(mine, batch))
+        generator = step_generator(config.seed, step, stream=5)
+        noise = torch.rand((batch, *images.shape[1:]), generator=generator, dtype=torch.float32)[mine]
+        x = dequantize(images, self.model_config.n_bits, noise=noise)
+        y = self.train_data.labels[indices].to(self.device) if self.model_config.num_classes else None
+        return x.to(self.device), y
 
     def train_step(self, loss_fn: nn.Module) -> bool:
         """One optimizer step; returns False (and changes nothing) when the loss or gradient is not finite."""
