@@ -91,6 +91,7 @@ def card_text(card: dict, files: dict[str, str]) -> str:
         card["command"],
         "```",
         "",
+        *([card["history"], ""] if card.get("history") else []),
         f"{card['steps']:,} steps of batch {card['batch_size']} ({card['epochs']:.1f} epochs of the 60,000 training "
         f"images), {card['train_minutes']:.0f} minutes of wall time and {card['cpu_hours']:.2f} CPU-hours "
         f"({card['threads']} thread) on {card['hardware']}.",
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--hardware", default="a 2-core AMD EPYC (no AVX-512), sharing it with a second training run")
     parser.add_argument("--command", required=True)
     parser.add_argument("--summary", required=True, help="the card's first sentence")
+    parser.add_argument("--history", default="", help="how the run went, if not one uninterrupted command")
     args = parser.parse_args()
 
     model_dir = resolve_checkpoint(args.run)
@@ -167,6 +169,7 @@ def main() -> None:
         "threads": args.threads,
         "hardware": args.hardware,
         "command": args.command,
+        "history": args.history,
     }
     labels = test.labels if model.config.num_classes else None
     report = round_trip_report(model, test.images, labels)

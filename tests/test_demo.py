@@ -228,3 +228,17 @@ def test_a_folder_model_computes_its_scores_and_directions_once(tmp_path, monkey
     monkeypatch.setattr(glowtorch.evaluate, "score_images", no_scoring)
     again = Explorer.from_checkpoint(tmp_path / "model", "digits")
     assert torch.equal(again.test_scores, explorer.test_scores)
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_the_page_builds_for_both_kinds_of_model(num_classes: int) -> None:
+    gr = pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
+    from glowtorch.demo import MAX_SLIDERS, build_app
+
+    model = mnist_like_model(num_classes=num_classes)
+    directions = {str(i): [torch.zeros(s) for s in model.latent_shapes] for i in range(10)}
+    app = build_app(Explorer(model, "tiny", torch.linspace(1, 3, 100), torch.stack([digit()] * 3), directions))
+    components = {c.elem_id: c for c in app.blocks.values() if getattr(c, "elem_id", None)}
+    assert isinstance(app, gr.Blocks) and {"samples", "reconstruction", "frame", "edited"} <= set(components)
+    assert components["label"].visible == bool(num_classes) and components["relabel"].visible == bool(num_classes)
+    assert sum(components[f"direction-{i}"].visible for i in range(MAX_SLIDERS)) == 10
