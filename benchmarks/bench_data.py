@@ -62,7 +62,7 @@ def write_synthetic_store(directory: Path, count: int, test_count: int = 1000) -
 
 TRAIN = ["--levels", "1", "--depth", "1", "--hidden-channels", "16", "--batch-size", "16", "--init-images", "64",
          "--steps", "40", "--eval-every", "0", "--no-progress", "--precision", "float32", "--no-compile",
-         "--eval-batch-size", "500"]  # fmt: skip
+         "--eval-batch-size", "50"]  # fmt: skip
 
 
 def rss(pid: int) -> tuple[float, float]:
@@ -178,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="a folder with room for the stores")
     parser.add_argument("--images", default="100000,2500000", help="store sizes (training images)")
-    parser.add_argument("--pngs", type=int, default=4000)
+    parser.add_argument("--pngs", type=int, default=8000)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--startup-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -100,23 +100,24 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _decoded(
-    paths: list[Path], channels: int, size: int, workers: int, what: str
-) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """Decodes ``paths`` in ``workers`` processes, in order, chunk by chunk, with a progress bar."""
+def _pool(workers: int):
+    """Decoding processes, started once for all splits ("spawn": no fork of a process that may hold
+    torch's threads)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+
+
+def _decoded(pool, paths: list[Path], channels: int, size: int, what: str) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Decodes ``paths`` in the ``pool``'s processes, in order, chunk by chunk, with a progress bar."""
     from tqdm import tqdm
 
     tasks = [([str(p) for p in paths[i : i + CHUNK]], channels, size) for i in range(0, len(paths), CHUNK)]
-    bar = tqdm(total=len(paths), desc=f"decoding {what}", unit="img", dynamic_ncols=True)
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    with tqdm(total=len(paths), desc=f"decoding {what}", unit="img", dynamic_ncols=True) as bar:
         for start, (images, kept) in zip(range(0, len(paths), CHUNK), pool.map(_decode_chunk, tasks), strict=True):
             bar.update(min(CHUNK, len(paths) - start))
             yield images, [start + k for k in kept]
-    bar.close()
 
 
 def _file_split(dataset: str, root: Path, train: bool) -> tuple[list[Path], dict]:
@@ -190,39 +191,13 @@ def prepare_store(
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier attempt: start over
     partial.mkdir(parents=True)
     splits: dict = {}
-    skipped_total = 0
-    for split in SPLITS:
-        if decoded:
-            files, extras = listings[split]
-            if not files:
-                raise DataError(f"no images found for the {split} split in {root}")
-            size = image_size or (64 if dataset == "celeba" else _first_size(files, channels))
-            writer = _ArrayWriter(_mkdir(partial / split) / "images.npy", len(files), (channels, size, size))
-            kept: list[int] = []
-            for images, positions in _decoded(files, channels, size, workers or os.cpu_count() or 1, split):
-                writer.write(images)
-                kept += positions
-            skipped = len(files) - len(kept)
-            if not kept:
-                raise DataError(f"no readable images found for the {split} split in {root}")
-            if dataset == "celeba" and skipped:
-                raise DataError(f"{skipped} CelebA images of the {split} split are missing or unreadable")
-            index = torch.tensor(kept, dtype=torch.long)
-            extras = {k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
-            entry = _write_split(partial / split, None, extras, writer)
-            entry["skipped"] = skipped
-            skipped_total += skipped
-        else:
-            data = load_dataset(dataset, root, train=split == "train", image_size=image_size, channels=channels)
-            extras = {
-                "labels": data.labels,
-                "class_names": data.class_names,
-                "attributes": data.attributes,
-                "attribute_names": data.attribute_names,
-            }
-            entry = _write_split(partial / split, data.images.numpy(), extras)
-            entry["skipped"] = 0
-        splits[split] = entry
+    pool = _pool(workers or os.cpu_count() or 1) if decoded else None
+    try:
+        for split in SPLITS:
+            splits[split] = _prepare_split(dataset, root, split, partial, listings, pool, image_size, channels)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -239,6 +214,44 @@ def prepare_store(
         out.rmdir()  # empty (checked above)
     partial.rename(out)
     return manifest
+
+
+def _prepare_split(
+    dataset: str, root: Path | None, split: str, partial: Path, listings: dict, pool, image_size: int | None,
+    channels: int,
+) -> dict:  # fmt: skip
+    """Writes one split of the store under ``partial``; returns its manifest entry."""
+    decoded = pool is not None
+    if decoded:
+        files, extras = listings[split]
+        if not files:
+            raise DataError(f"no images found for the {split} split in {root}")
+        size = image_size or (64 if dataset == "celeba" else _first_size(files, channels))
+        writer = _ArrayWriter(_mkdir(partial / split) / "images.npy", len(files), (channels, size, size))
+        kept: list[int] = []
+        for images, positions in _decoded(pool, files, channels, size, split):
+            writer.write(images)
+            kept += positions
+        skipped = len(files) - len(kept)
+        if not kept:
+            raise DataError(f"no readable images found for the {split} split in {root}")
+        if dataset == "celeba" and skipped:
+            raise DataError(f"{skipped} CelebA images of the {split} split are missing or unreadable")
+        index = torch.tensor(kept, dtype=torch.long)
+        extras = {k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
+        entry = _write_split(partial / split, None, extras, writer)
+        entry["skipped"] = skipped
+    else:
+        data = load_dataset(dataset, root, train=split == "train", image_size=image_size, channels=channels)
+        extras = {
+            "labels": data.labels,
+            "class_names": data.class_names,
+            "attributes": data.attributes,
+            "attribute_names": data.attribute_names,
+        }
+        entry = _write_split(partial / split, data.images.numpy(), extras)
+        entry["skipped"] = 0
+    return entry
 
 
 def _mkdir(path: Path) -> Path:
