@@ -35,6 +35,7 @@ FORMAT = "glowtorch prepared store"
 VERSION = 1
 SPLITS = ("train", "test")
 CHUNK = 256  # images per task of a decoding worker
+HEADER_BYTES = 192  # a .npy header with room for any (N, C, H, W) shape; a multiple of 64, as numpy aligns it
 
 
 # --------------------------------------------------------------------------- .npy files written in place
@@ -52,7 +53,7 @@ class _ArrayWriter:
 
     def __init__(self, path: Path, capacity: int, image_shape: tuple[int, int, int]) -> None:
         self.path, self.image_shape, self.count = path, image_shape, 0
-        header = _npy_header((capacity, *image_shape), 64 * -(-(10 + 120) // 64))
+        header = _npy_header((capacity, *image_shape), HEADER_BYTES)
         self.header_length = len(header)
         self.file = open(path, "wb")
         self.file.write(header)
