@@ -156,3 +156,17 @@ def test_training_on_a_store_is_training_on_its_source(tmp_path, capsys) -> None
     )
     assert code == 1 and "not a prepared store" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_prepare_errors_are_one_line_and_leave_nothing(tmp_path, capsys) -> None:
+    code = main(["prepare", "--dataset", "folder", "--out", str(tmp_path / "s")])
+    assert code == 1 and "--data-dir is required to prepare folder" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    make_mnist(tmp_path / "mnist", n=12)
+    code = main(
+        ["prepare", "--dataset", "mnist", "--data-dir", str(tmp_path / "mnist"), "--out", str(tmp_path / "mine")]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "is not a prepared store" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "mnist"]
