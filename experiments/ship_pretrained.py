@@ -114,8 +114,11 @@ def card_text(card: dict, files: dict[str, str]) -> str:
         + (f" {card['test_accuracy']:.4f} |" if "test_accuracy" in card else ""),
         "",
         "Exactness on all 10,000 test images (`glowtorch evaluate --round-trip`): the float32 round trip "
-        f"changes {card['round_trip']['wrong_pixels']} pixels (largest error {card['round_trip']['worst_error']:.1e}); "
-        f"{card['round_trip']['float64_images']} images are recomputed in float64 by the exact paths, after which "
+        f"changes {card['round_trip']['wrong_pixels']} pixels "
+        f"(largest error {card['round_trip']['worst_error']:.1e}"
+        + (", a non-finite value" if card["round_trip"]["worst_error"] == float("inf") else "")
+        + "); "
+        f"{card['round_trip']['float64_images']} image(s) recomputed in float64 by the exact paths, after which "
         f"encode then decode changes {card['round_trip']['exact_wrong_pixels']} pixels.",
         "",
         f"Reproduce: `glowtorch evaluate pretrained:{card['name']} --dataset mnist --data-dir DIR "

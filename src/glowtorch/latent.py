@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,7 +107,9 @@ def _encode_exact(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor
     with _full_precision(model):
         zs, _ = model.encode(x, y)
         x_back = model.decode(zs, y)
-    error = (x_back - x).abs().flatten(1).amax(1)
+    # A non-finite round trip (float32 overflow in the inverse of a badly conditioned image) counts as
+    # infinitely off, so that it is recomputed too (a NaN compares false with everything).
+    error = torch.nan_to_num((x_back - x).abs().flatten(1).amax(1), nan=math.inf)
     off = error > ROUND_TRIP_TOLERANCE
     if off.any():
         twin_zs, _ = float64_twin(model).encode(x[off].double(), None if y is None else y[off])

@@ -1,0 +1,196 @@
+"""``glowtorch demo`` end to end in a real headless Chromium (Debian's ``chromium`` package, driven by
+Playwright's Python package pointed at that browser; nothing is downloaded). Screenshots go to the
+test's temporary folder. Skipped with a message where the browser or Playwright is missing, except in
+CI (``CI`` set), where that is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _missing() -> str | None:
+    if CHROMIUM is None:
+        return "no chromium browser: apt-get install chromium"
+    try:
+        import gradio  # noqa: F401
+        import playwright.sync_api  # noqa: F401
+    except ImportError as error:
+        return f"{error.name} is not installed: pip install -e '.[dev,demo]'"
+    return None
+
+
+if _missing():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"the browser tests cannot run in CI: {_missing()}")
+    pytest.skip(_missing(), allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``glowtorch demo`` on the shipped MNIST model, on a free port; stopped with Ctrl-C (SIGINT)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("demo") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "glowtorch", "demo", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the demo did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url, process, log
+    if process.poll() is None:
+        process.send_signal(2)
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _, _ = server
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
+        page.goto(url, wait_until="load")
+        page.outside_requests = outside
+        yield page
+        browser.close()
+
+
+def image_source(page, element: str) -> str:
+    locator = page.locator(f"#{element} img").first
+    expect(locator).to_be_visible(timeout=30_000)
+    return locator.get_attribute("src")
+
+
+def changed(page, element: str, before: str | None) -> str:
+    """Waits until ``element``'s picture differs from ``before``; returns the new source."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        locator = page.locator(f"#{element} img").first
+        if locator.count() and locator.get_attribute("src") not in (None, before):
+            return locator.get_attribute("src")
+        page.wait_for_timeout(200)
+    raise AssertionError(f"#{element} did not change")
+
+
+def set_number(page, element: str, value: float) -> None:
+    box = page.locator(f"#{element} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_the_page_loads_and_fetches_nothing_from_outside(page, server, tmp_path) -> None:
+    expect(page.get_by_text("pretrained:mnist").first).to_be_visible()
+    assert image_source(page, "samples")  # the first grid is drawn on load
+    page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
+    assert page.outside_requests == []
+
+
+def test_temperature_and_sample_change_the_picture(page, tmp_path) -> None:
+    page.get_by_role("tab", name="Sample").click()
+    before = image_source(page, "samples")
+    set_number(page, "temperature", 0.3)
+    page.locator("#sample").click()
+    changed(page, "samples", before)
+    page.screenshot(path=str(tmp_path / "sample.png"), full_page=True)
+
+
+def test_bad_values_get_a_message_and_the_app_keeps_serving(page) -> None:
+    page.get_by_role("tab", name="Sample").click()
+    page.locator("#per-level textarea, #per-level input").first.fill("0.5")
+    page.locator("#sample").click()
+    expect(page.locator("#sample-message")).to_contain_text("per-level temperatures", timeout=30_000)
+    page.locator("#per-level textarea, #per-level input").first.fill("")
+    before = image_source(page, "samples")
+    set_number(page, "seed", 7)  # another seed, so the new grid differs from the last one
+    page.locator("#sample").click()
+    changed(page, "samples", before)
+    expect(page.locator("#sample-message")).not_to_contain_text("per-level")
+
+
+def test_an_uploaded_digit_shows_its_reconstruction_and_score(page, tmp_path) -> None:
+    canvas = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(canvas).line([(9, 7), (19, 7), (12, 22)], fill=255, width=2)  # a 7
+    canvas.save(tmp_path / "seven.png")
+    page.get_by_role("tab", name="Draw or upload").click()
+    page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "seven.png"))
+    expect(page.locator("#reading")).to_contain_text("bits/dim", timeout=30_000)
+    assert image_source(page, "reconstruction") and image_source(page, "histogram")
+    expect(page.locator("#reading")).to_contain_text("test images")
+    page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
+    shown = page.locator("#reconstruction img").first.screenshot()
+    assert len(shown) > 100
+
+
+def test_a_file_that_is_not_an_image_gets_a_message(page, tmp_path) -> None:
+    (tmp_path / "notes.png").write_text("not a picture")
+    page.get_by_role("tab", name="Draw or upload").click()
+    page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+    expect(page.locator("body")).to_contain_text("not a readable image", timeout=30_000)
+
+
+def test_the_interpolation_slider_changes_the_image(page, tmp_path) -> None:
+    page.get_by_role("tab", name="Interpolate").click()
+    before = image_source(page, "frame")
+    assert image_source(page, "strip")
+    set_number(page, "position", 0.0)
+    after = changed(page, "frame", before)
+    set_number(page, "position", 1.0)
+    changed(page, "frame", after)
+    page.screenshot(path=str(tmp_path / "interpolate.png"), full_page=True)
+
+
+def test_the_edit_sliders_change_the_chosen_image(page, tmp_path) -> None:
+    page.get_by_role("tab", name="Draw or upload").click()
+    page.locator("#pick input").first.click()
+    page.get_by_role("option", name="test image 3", exact=True).click()
+    expect(page.locator("#reading")).to_contain_text("bits/dim", timeout=30_000)
+    page.get_by_role("tab", name="Edit").click()
+    set_number(page, "direction-7", 0.5)
+    before = image_source(page, "edited")
+    set_number(page, "direction-7", 1.5)
+    changed(page, "edited", before)
+    page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
+    if os.environ.get("GLOWTORCH_SCREENSHOTS"):  # the README's picture
+        target = Path(os.environ["GLOWTORCH_SCREENSHOTS"])
+        page.get_by_role("tab", name="Draw or upload").click()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(target / "demo.png"))
+
+
+def test_ctrl_c_stops_the_server_cleanly(server, page) -> None:
+    url, process, log = server
+    process.send_signal(2)
+    assert process.wait(30) == 0
+    assert f"serving pretrained:mnist at {url}" in log.read_text()
+    assert np.all([not line.startswith("Traceback") for line in log.read_text().splitlines()])

@@ -1,0 +1,167 @@
+"""The models shipped inside the package: loading by name, their cards, and by-name use in the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import glowtorch
+from conftest import randomize
+from glowtorch.checkpoint import CheckpointError, resolve_checkpoint, save_model
+from glowtorch.cli import main
+from glowtorch.layers import ActNorm
+from glowtorch.preprocess import dequantize
+from glowtorch.pretrained import pretrained_card, pretrained_dir, pretrained_names
+
+SHIPPED = {"mnist": 0, "mnist-conditional": 10}  # name -> number of classes
+
+
+def handwritten_digits() -> torch.Tensor:
+    """``(4, 1, 28, 28)`` uint8 MNIST-like digits drawn here: white strokes on black, centred in 20x20."""
+    strokes = [
+        [(10, 6), (18, 6), (18, 22), (10, 22), (10, 6)],  # a 0
+        [(14, 5), (14, 23)],  # a 1
+        [(9, 7), (19, 7), (11, 22)],  # a 7
+        [(9, 7), (19, 7), (19, 14), (9, 14), (19, 14), (19, 22), (9, 22)],  # a 3
+    ]
+    images = []
+    for points in strokes:
+        canvas = Image.new("L", (28, 28), 0)
+        ImageDraw.Draw(canvas).line(points, fill=255, width=2)
+        images.append(torch.from_numpy(np.asarray(canvas).copy()))
+    return torch.stack(images).unsqueeze(1)
+
+
+def test_the_shipped_models_are_listed() -> None:
+    assert set(SHIPPED) <= set(pretrained_names())
+    assert set(SHIPPED) <= set(glowtorch.pretrained_names())
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_each_shipped_model_loads_in_eval_mode_with_finite_weights(name: str) -> None:
+    model = glowtorch.load_pretrained(name)
+    assert not model.training
+    assert model.config.image_shape == (1, 28, 28) and model.config.n_bits == 8
+    assert model.config.num_classes == SHIPPED[name]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # loaded, not re-initialized: every ActNorm keeps its trained (non-identity) scale
+    actnorms = [m for m in model.modules() if isinstance(m, ActNorm)]
+    assert actnorms and all(bool(m.initialized) for m in actnorms)
+    assert any(m.log_scale.abs().max() > 0.01 for m in actnorms)
+    files = pretrained_dir(name)
+    assert (files / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_models_give_finite_likelihoods_to_drawn_digits(name: str) -> None:
+    model = glowtorch.load_pretrained(name)
+    digits = handwritten_digits()
+    x = dequantize(digits, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 7, 3]) if SHIPPED[name] else None
+    with torch.no_grad():
+        log_p = model.log_prob(x, y)
+    bpd = glowtorch.nll_bits_per_dim(log_p, model.config.num_dims, 8)
+    assert torch.isfinite(log_p).all() and (bpd > 0).all()
+    # a digit is far more likely than noise of the same range
+    noise = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)) - 0.5
+    with torch.no_grad():
+        assert (log_p > model.log_prob(noise, y)).all()
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_each_card_records_what_was_measured(name: str) -> None:
+    card = pretrained_card(name)
+    model = glowtorch.load_pretrained(name)
+    assert card["name"] == name
+    assert card["parameters"] == sum(p.numel() for p in model.parameters())
+    assert glowtorch.GlowConfig.from_dict(card["architecture"]) == model.config
+    assert 0 < card["test_bpd_median"] <= card["test_bpd_worst"] and math.isfinite(card["test_bpd"])
+    assert card["draws"] == 4 and card["cpu_hours"] > 0 and card["command"].startswith("glowtorch train")
+    assert ("test_accuracy" in card) == bool(SHIPPED[name])
+
+
+def test_unknown_names_list_the_shipped_ones() -> None:
+    with pytest.raises(ValueError, match="mnist-conditional") as error:
+        glowtorch.load_pretrained("cifar")
+    assert "mnist" in str(error.value)
+    with pytest.raises(CheckpointError, match="unknown pretrained model 'nope'"):
+        resolve_checkpoint("pretrained:nope")
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_lists_the_shipped_models(capsys) -> None:
+    code, out, _ = run(capsys, "pretrained")
+    assert code == 0
+    for name in SHIPPED:
+        card = pretrained_card(name)
+        line = next(line for line in out.splitlines() if line.startswith(f"pretrained:{name} "))
+        assert f"{card['test_bpd']:.4f} bits/dim" in line and card["command"] in line
+
+
+def test_cli_takes_a_shipped_model_by_name_and_a_same_named_folder_stays_a_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run(capsys, "sample", "pretrained:mnist", "--n", "4", "-o", "shipped.png")
+    assert code == 0 and Image.open("shipped.png").size[0] > 28
+    # a local folder called "mnist" holding another model: the bare name is that folder
+    other = randomize(glowtorch.Glow(glowtorch.GlowConfig(image_shape=(1, 8, 8), levels=1, depth=1, hidden_channels=4)))
+    save_model(other, tmp_path / "mnist")
+    code, _, _ = run(capsys, "sample", "mnist", "--n", "4", "-o", "local.png", "--precision", "float32")
+    assert code == 0
+    assert Image.open("local.png").size != Image.open("shipped.png").size
+    code, _, err = run(capsys, "sample", "pretrained:nope", "-o", "x.png")
+    assert code == 1 and "unknown pretrained model 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_latents_of_a_shipped_model_decode_without_naming_it(tmp_path, capsys) -> None:
+    paths = []
+    for i, digit in enumerate(handwritten_digits()[:2]):
+        paths.append(tmp_path / f"d{i}.png")
+        Image.fromarray(digit[0].numpy(), "L").save(paths[-1])
+    latents = tmp_path / "z.safetensors"
+    assert run(capsys, "encode", "pretrained:mnist", *paths, "-o", latents)[0] == 0
+    from safetensors import safe_open
+
+    with safe_open(str(latents), "pt") as f:
+        assert f.metadata()["checkpoint"] == "pretrained:mnist"
+    assert run(capsys, "decode", latents, "-o", tmp_path / "back")[0] == 0
+    for i, path in enumerate(paths):
+        assert (np.asarray(Image.open(tmp_path / "back" / f"d{i}.png")) == np.asarray(Image.open(path))).all()
+
+
+def test_card_json_matches_the_docs_page() -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for name in SHIPPED:
+        card = json.loads((pretrained_dir(name) / "card.json").read_text())
+        page = (docs / f"model-{name}.md").read_text()
+        assert f"{card['test_bpd']:.4f}" in page and card["command"] in page
+
+
+def test_same_handwriting_another_digit_from_the_command_line(tmp_path, capsys) -> None:
+    seven = tmp_path / "seven.png"
+    Image.fromarray(handwritten_digits()[2, 0].numpy(), "L").save(seven)
+    latents = tmp_path / "z.safetensors"
+    assert run(capsys, "encode", "pretrained:mnist-conditional", seven, "--label", "7", "-o", latents)[0] == 0
+    assert run(capsys, "decode", latents, "--label", "7", "-o", tmp_path / "as7")[0] == 0
+    assert run(capsys, "decode", latents, "--label", "1", "-o", tmp_path / "as1")[0] == 0
+    original = np.asarray(Image.open(seven))
+    assert (np.asarray(Image.open(tmp_path / "as7" / "seven.png")) == original).all()
+    assert (np.asarray(Image.open(tmp_path / "as1" / "seven.png")) != original).any()
+    code, _, err = run(capsys, "decode", latents, "--label", "12", "-o", tmp_path / "bad")
+    assert code == 1 and "--label must be from 0 to 9" in err
+    plain = tmp_path / "plain.safetensors"
+    assert run(capsys, "encode", "pretrained:mnist", seven, "-o", plain)[0] == 0
+    code, _, err = run(capsys, "decode", plain, "--label", "1", "-o", tmp_path / "bad")
+    assert code == 1 and "holds no classes" in err
