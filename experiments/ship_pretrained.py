@@ -23,7 +23,7 @@ import torch
 from glowtorch.checkpoint import load_model, resolve_checkpoint
 from glowtorch.data import load_dataset
 from glowtorch.demo import build_cache
-from glowtorch.evaluate import score_images
+from glowtorch.evaluate import score_images, summarize_scores
 from glowtorch.images import save_grid
 from glowtorch.latent import round_trip_report, temperature_grid
 from glowtorch.plots import plot_metrics, read_metrics
@@ -37,18 +37,17 @@ def measure(model, data, draws: int) -> tuple[dict, torch.Tensor]:
     and the per-image scores."""
     labels = data.labels if model.config.num_classes else None
     scores = score_images(model, data.images, labels, draws=draws, progress=True)
-    per_image = scores.bits_per_dim
-    worst = int(per_image.argmax())
+    summary = summarize_scores(scores, labels)
     result = {
-        "test_bpd": per_image.sum().item() / len(per_image),
-        "test_bpd_median": per_image.median().item(),
-        "test_bpd_worst": per_image[worst].item(),
-        "test_worst_image": worst,
+        "test_bpd": summary["test_bpd"],
+        "test_bpd_median": summary["test_bpd_median"],
+        "test_bpd_worst": summary["test_bpd_max"],
+        "test_worst_image": summary["test_worst_image"],
         "draws": draws,
     }
-    if scores.predicted is not None:
-        result["test_accuracy"] = (scores.predicted == data.labels).double().mean().item()
-    return result, per_image
+    if "test_accuracy" in summary:
+        result["test_accuracy"] = summary["test_accuracy"]
+    return result, scores.bits_per_dim
 
 
 def figures(model, run: Path, name: str, out: Path) -> dict[str, str]:

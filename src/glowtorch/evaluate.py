@@ -23,7 +23,7 @@ from .metrics import nll_bits_per_dim
 from .model import Glow
 from .preprocess import dequantize
 
-__all__ = ["ImageScores", "evaluate_bits_per_dim", "score_images", "write_scores"]
+__all__ = ["ImageScores", "evaluate_bits_per_dim", "score_images", "summarize_scores", "write_scores"]
 
 NOISE_BLOCK = 500
 
@@ -127,6 +127,12 @@ def evaluate_bits_per_dim(
     if model.config.num_classes and labels is None:
         raise ValueError("a class-conditional model is evaluated on a dataset with labels")
     scores = score_images(model, dataset.images, labels, batch_size, draws, seed, dist, progress)
+    return summarize_scores(scores, labels)
+
+
+def summarize_scores(scores: ImageScores, labels: Tensor | None = None) -> dict[str, float]:
+    """``test_bpd`` (the exact mean of the per-image values), ``test_bpd_median``, ``test_bpd_max`` and its
+    image's index ``test_worst_image``; ``test_accuracy`` of the latent classifier when it predicted."""
     per_image = scores.bits_per_dim
     worst = int(per_image.argmax())
     result = {
