@@ -362,7 +362,7 @@ class Explorer:
             scores_path, directions_path = build_cache(model, folder / "demo", dataset, data_dir, progress)
         scores = examples = directions = None
         if scores_path is not None:
-            scores, examples = read_scores(scores_path)
+            scores, examples = read_test_scores(scores_path)
         if directions_path is not None:
             try:
                 directions = read_directions(directions_path, model)
@@ -419,7 +419,7 @@ def _histogram_base(scores: np.ndarray):
 
 
 # --------------------------------------------------------------------------- the cache
-def write_scores(path: Path, scores: Tensor, examples: Tensor, source: str) -> Path:
+def write_test_scores(path: Path, scores: Tensor, examples: Tensor, source: str) -> Path:
     """Per-image test bits/dim ``(N,)`` and example test images ``(M, C, H, W)`` uint8 in one safetensors file."""
     from .latent import save_latents
 
@@ -428,7 +428,7 @@ def write_scores(path: Path, scores: Tensor, examples: Tensor, source: str) -> P
     )
 
 
-def read_scores(path: Path) -> tuple[Tensor, Tensor]:
+def read_test_scores(path: Path) -> tuple[Tensor, Tensor]:
     from .latent import load_latents
 
     tensors, _ = load_latents(path)
@@ -450,7 +450,7 @@ def build_cache(
         scores = score_images(model, test.images, labels, progress=progress).bits_per_dim
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:32]
     folder.mkdir(parents=True, exist_ok=True)
-    scores_path = write_scores(folder / SCORES_FILE, scores, test.images[order].clone(), f"{dataset} test split")
+    scores_path = write_test_scores(folder / SCORES_FILE, scores, test.images[order].clone(), f"{dataset} test split")
     train = load_dataset_for(model.config.image_shape, dataset, data_dir, train=True)
     try:
         names, table = train.attribute_table()
