@@ -27,9 +27,8 @@ from .latent import (
     change_class,
     decode_images,
     encode_images,
-    interpolate,
+    mix_latents,
     read_directions,
-    slerp,
     write_directions,
 )
 from .metrics import nll_bits_per_dim
@@ -296,18 +295,20 @@ class Explorer:
 
     def frame(self, a: Tensor, b: Tensor, t: float, method: str = "linear", label: int | None = None) -> Tensor:
         """The image at ``t`` in [0, 1] on the linear or spherical ("slerp") latent path from ``a`` to ``b``."""
-        t = _unit_number(t, "the position on the path")
-        if method not in ("linear", "slerp"):
-            raise DemoError("the path is linear or slerp")
-        za, zb = self.latents(a, label), self.latents(b, label)
-        mix = torch.lerp if method == "linear" else slerp
-        return decode_images(self.model, [mix(p, q, t) for p, q in zip(za, zb, strict=True)], self._label(label))[0]
+        return self.path(a, b, method, label, positions=[_unit_number(t, "the position on the path")])[0]
 
-    def path(self, a: Tensor, b: Tensor, method: str = "linear", label: int | None = None, steps: int = 9) -> Tensor:
-        """``steps`` images ``(steps, C, H, W)`` evenly along the path from ``a`` to ``b``."""
+    def path(
+        self, a: Tensor, b: Tensor, method: str = "linear", label: int | None = None, steps: int = 9,
+        positions: list[float] | None = None,
+    ) -> Tensor:  # fmt: skip
+        """``steps`` images ``(steps, C, H, W)`` evenly along the path from ``a`` to ``b`` (or one per
+        position in ``positions``), from the two images' cached latents."""
         if method not in ("linear", "slerp"):
             raise DemoError("the path is linear or slerp")
-        return interpolate(self.model, a, b, steps, method, self._label(label))
+        ts = positions if positions is not None else torch.linspace(0, 1, steps).tolist()
+        zs = mix_latents(self.latents(a, label), self.latents(b, label), ts, method)
+        y = self._label(label, len(ts))
+        return decode_images(self.model, zs, y)
 
     # ----------------------------------------------------------------- edit
     def edit(self, image: Tensor, amounts: dict[str, float], label: int | None = None) -> Tensor:

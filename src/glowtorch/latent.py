@@ -34,6 +34,7 @@ __all__ = [
     "interpolate",
     "load_latents",
     "manipulate",
+    "mix_latents",
     "model_fingerprint",
     "read_directions",
     "read_latents",
@@ -232,16 +233,24 @@ def interpolate(
 ) -> Tensor:
     """``steps`` uint8 images ``(steps, C, H, W)`` from ``image_a`` to ``image_b`` (each ``(C, H, W)``),
     interpolating every level's latent linearly or spherically ("slerp"). The ends are the inputs."""
-    if method not in ("linear", "slerp"):
-        raise ValueError(f"method must be linear or slerp, got {method!r}")
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
     za = encode_images(model, image_a.unsqueeze(0), y)
     zb = encode_images(model, image_b.unsqueeze(0), y)
-    ts = torch.linspace(0, 1, steps).tolist()
-    mix = (lambda a, b, t: torch.lerp(a, b, t)) if method == "linear" else slerp
-    zs = [torch.cat([mix(a, b, t) for t in ts]) for a, b in zip(za, zb, strict=True)]
+    zs = mix_latents(za, zb, torch.linspace(0, 1, steps).tolist(), method)
     return decode_images(model, zs, None if y is None else y.expand(steps))
+
+
+def mix_latents(
+    za: Sequence[Tensor], zb: Sequence[Tensor], ts: Sequence[float], method: str = "linear"
+) -> list[Tensor]:
+    """The latents (each level ``(len(ts), ...)``) at positions ``ts`` on the linear or spherical ("slerp")
+    path from one image's latents ``za`` to another's ``zb`` (each level ``(1, ...)``; float64 if either is)."""
+    if method not in ("linear", "slerp"):
+        raise ValueError(f"method must be linear or slerp, got {method!r}")
+    mix = torch.lerp if method == "linear" else slerp
+    pairs = [(a, b.to(a)) if a.dtype == torch.float64 else (a.to(b), b) for a, b in zip(za, zb, strict=True)]
+    return [torch.cat([mix(a, b, t) for t in ts]) for a, b in pairs]
 
 
 @torch.inference_mode()
