@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -50,6 +51,36 @@ def test_metrics_describe_each_window_of_steps(trained_run) -> None:
         assert line["train_worst_step"] in window
         assert line["train_bpd_worst_batch"] >= line["train_bpd_mean"] > 0
         assert line["grad_norm_max"] > 0 and 0 <= line["clipped_steps"] <= len(window)
+        assert line["train_worst_image_step"] in window and 0 <= line["train_worst_image"] < 1500
+        assert line["train_worst_image_bpd"] >= line["train_bpd_worst_batch"]  # one image vs a batch's mean
+        assert 0 <= line["train_images_above_10"] <= len(window) * 16
+
+
+def test_a_steps_worst_image_is_the_batch_image_the_model_scores_worst(tmp_path) -> None:
+    import torch
+
+    from conftest import tiny_config
+    from glowtorch.data import load_dataset
+    from glowtorch.preprocess import dequantize
+    from glowtorch.train import TrainConfig, Trainer
+
+    data = load_dataset("digits")
+    config = TrainConfig(batch_size=16, init_images=64, steps=1, compile=False, ema_decay=0, grad_clip=0)
+    trainer = Trainer(tiny_config(image_shape=(1, 8, 8)), config, data, None, tmp_path / "run", log=lambda *a: None)
+    trainer.initialize()
+    x, _ = trainer.batch(0)
+    with torch.no_grad():  # the model before the step, on the step's images
+        bpd = -trainer.model.log_prob(x) / (64 * math.log(2.0)) + 8
+    trainer.model.train()
+    assert trainer.train_step(trainer.objective)
+    summary = trainer.window.summary()
+    assert summary["train_worst_image_bpd"] == pytest.approx(bpd.max().item(), rel=1e-5)
+    assert summary["train_bpd_mean"] == pytest.approx(bpd.mean().item(), rel=1e-5)
+    index = summary["train_worst_image"]
+    assert index == int(trainer.batch_indices[bpd.argmax()])
+    own = dequantize(data.images[index : index + 1], 8, noise=False)  # the image itself, at its bins' centres
+    assert (x[bpd.argmax()] - own[0]).abs().max() <= 0.5 / 256 + 1e-6  # the same pixels, up to the noise
+    assert summary["train_images_above_10"] == int((bpd > 10).sum())
 
 
 def test_evaluate_matches_training_metric(trained_run, capsys) -> None:
@@ -72,6 +103,19 @@ def test_sample_writes_png(trained_run, tmp_path, capsys) -> None:
     image = Image.open(out)
     assert image.size == (3 * 10 + 2, 2 * 10 + 2)
     assert np.asarray(image).std() > 0
+
+
+def test_resume_warns_when_new_options_raise_the_learning_rate(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    schedule = ["--warmup-steps", "0", "--decay-steps", "6"]
+    assert main(["train", "--dataset", "digits", "--steps", "6", "--out", str(out), *schedule, *TINY]) == 0
+    capsys.readouterr()
+    code, text, _ = run(capsys, "train", "--dataset", "digits", "--steps", "9", "--out", out, "--resume", *TINY,
+                        "--warmup-steps", "0", "--decay-steps", "9")  # fmt: skip
+    assert code == 0 and "warning: these options raise the learning rate at step 6 from 0 to 0.00025" in text
+    code, text, _ = run(capsys, "train", "--dataset", "digits", "--steps", "12", "--out", out, "--resume", *TINY,
+                        "--warmup-steps", "0", "--decay-steps", "9")  # fmt: skip
+    assert code == 0 and "warning" not in text  # the same schedule as the checkpoint's
 
 
 def test_resume_continues_exactly(trained_run, tmp_path, capsys) -> None:
@@ -102,6 +146,17 @@ def test_conditional_training_on_synthetic_mnist(tmp_path, capsys) -> None:
     assert code == 0
     code, _, err = run(capsys, "sample", out, "--n", "4", "--label", "10", "-o", tmp_path / "s.png")
     assert code == 1 and "--label must be in 0..9" in err
+    # a per-class, per-position prior fitted to the training images, from the command line
+    fitted = tmp_path / "fitted"
+    data = ["--dataset", "mnist", "--data-dir", tmp_path / "mnist", "--no-progress"]
+    code, text, err = run(capsys, "fit-class-prior", out, *data, "--out", fitted)
+    assert code == 0, err
+    assert "fitted a spatial class prior to 40 training images" in text
+    assert json.loads((fitted / "config.json").read_text())["class_prior"] == "spatial"
+    code, text, _ = run(capsys, "evaluate", fitted, *data)
+    assert code == 0 and "latent classifier accuracy" in text and "highest p(x | y)" in text
+    code, _, err = run(capsys, "fit-class-prior", out, *data, "--out", fitted)
+    assert code == 1 and one_line_error(err) and "already holds a model" in err
 
 
 def one_line_error(err: str) -> bool:
@@ -110,6 +165,7 @@ def one_line_error(err: str) -> bool:
 
 def test_bad_input_gives_one_line_errors(trained_run, tmp_path, capsys) -> None:
     cases = [
+        (["fit-class-prior", trained_run, "--dataset", "digits", "--out", tmp_path / "f"], "class-conditional"),
         (["train", "--preset", "nope"], "unknown preset"),
         (["train", "--dataset", "mnist", "--data-dir", tmp_path / "missing"], "does not exist"),
         (["evaluate", tmp_path / "nothing", "--dataset", "digits"], "not a checkpoint"),

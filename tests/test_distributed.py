@@ -84,6 +84,10 @@ def test_parameters_and_test_bpd_match_single_process(runs) -> None:
     for name, tensor in single_final.state_dict().items():
         assert_close(rank0["ema"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)
     assert rank0["metrics"]["test_bpd"] == pytest.approx(single_metrics["test_bpd"], abs=1e-4)
+    # the worst training image of the window is found across both processes' halves of each batch
+    for key in ("train_worst_image", "train_worst_image_step", "train_images_above_10"):
+        assert rank0["metrics"][key] == single_metrics[key], key
+    assert rank0["metrics"]["train_worst_image_bpd"] == pytest.approx(single_metrics["train_worst_image_bpd"], rel=1e-4)
     lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1, "metrics written by rank 0 only"
 

@@ -14,6 +14,7 @@ from torch.testing import assert_close
 from conftest import randomize, tiny_config
 from glowtorch import Glow, save_model
 from glowtorch.cli import main
+from glowtorch.data import step_generator
 from glowtorch.distributed import Distributed
 from glowtorch.evaluate import score_images
 from glowtorch.latent import (
@@ -28,6 +29,7 @@ from glowtorch.latent import (
     standard_noise,
     temperature_grid,
 )
+from glowtorch.preprocess import dequantize
 
 
 def pixels(n: int, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
@@ -114,6 +116,25 @@ def test_scores_are_per_image_and_separate_datasets() -> None:
     assert s_noise.mean() != s_flat.mean()
     with pytest.raises(ValueError, match="model expects"):
         score_images(model, pixels(2, (3, 8, 8)))
+
+
+@pytest.mark.parametrize("class_prior", ["channel", "spatial"])
+def test_conditional_scores_predict_with_the_latent_classifier_and_with_the_likelihood(class_prior: str) -> None:
+    from glowtorch.evaluate import summarize_scores
+
+    model = randomize(Glow(tiny_config(image_shape=(1, 8, 8), num_classes=3, class_prior=class_prior)), 0.3).eval()
+    images, labels = pixels(30, seed=4), torch.arange(30) % 3
+    scores = score_images(model, images, labels, batch_size=7)
+    x = dequantize(images, 8, noise=torch.rand(images.shape, generator=step_generator(1234, 0, stream=100)))
+    with torch.no_grad():
+        zs, _ = model.encode(x, labels)
+        by_class = torch.stack([model.log_prob(x, torch.full((30,), c)) for c in range(3)], 1)
+    assert torch.equal(scores.predicted, model.classifier_logits(zs[-1]).argmax(1))
+    assert torch.equal(scores.predicted_likelihood, by_class.argmax(1))
+    assert (by_class[:, 0] != by_class[:, 1]).all()  # the class changes the likelihood
+    summary = summarize_scores(scores, labels)
+    assert summary["test_accuracy_likelihood"] == (by_class.argmax(1) == labels).double().mean().item()
+    assert score_images(small_model(), images).predicted_likelihood is None
 
 
 def test_scores_do_not_depend_on_batching_or_processes() -> None:

@@ -18,6 +18,7 @@ VARIANTS = [
     dict(coupling="affine", permutation="shuffle"),
     dict(coupling="affine", permutation="reverse", learn_top=False),
     dict(coupling="affine", permutation="lu", num_classes=3),
+    dict(coupling="affine", permutation="lu", num_classes=3, class_prior="spatial"),
     dict(coupling="affine", permutation="lu", levels=1, image_shape=(1, 2, 2)),
     dict(coupling="affine", permutation="lu", levels=3, image_shape=(3, 8, 8), depth=1),
 ]
@@ -214,6 +215,68 @@ def test_class_conditional_model() -> None:
         model.log_prob(x)
     with pytest.raises(ValueError, match="class-conditional"):
         random_model().classify(x)
+
+
+def test_channel_class_prior_shifts_whole_channels_and_spatial_one_gives_every_position_its_own() -> None:
+    y = torch.tensor([0, 1])
+    channel = random_model(num_classes=3, image_shape=(1, 8, 8))  # a 2x2 top latent
+    mean, log_std = channel.top_prior_params(2, y)
+    shared_mean, shared_log_std = channel.top_prior_params(2, None)
+    for shift in (mean - shared_mean, log_std - shared_log_std):  # the class adds one number per channel
+        assert_close(shift, shift[:, :, :1, :1].expand_as(shift))
+    spatial = random_model(num_classes=3, class_prior="spatial", image_shape=(1, 8, 8))
+    mean, log_std = spatial.top_prior_params(2, y)
+    assert mean.shape == log_std.shape == (2, spatial.top_channels, 2, 2)
+    shift = mean - spatial.top_prior_params(2, None)[0]
+    assert not torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift))
+    assert not torch.allclose(mean[0], mean[1])
+    assert spatial.label_prior.weight.shape[0] == 2 * spatial.top_channels * mean.shape[2] * mean.shape[3]
+    with pytest.raises(ValueError, match="class_prior must be one of"):
+        tiny_config(num_classes=3, class_prior="pixel")
+
+
+@pytest.mark.parametrize("class_prior", ["channel", "spatial"])
+def test_class_log_likelihoods_are_log_prob_under_each_class_up_to_one_constant(class_prior: str) -> None:
+    model = random_model(num_classes=3, class_prior=class_prior, image_shape=(2, 4, 4))
+    x = images(4)
+    zs, _ = model.encode(x, torch.zeros(4, dtype=torch.long))
+    scores = model.class_log_likelihoods(zs[-1])
+    by_class = torch.stack([model.log_prob(x, torch.full((4,), c)) for c in range(3)], 1)
+    assert scores.shape == (4, 3)
+    assert_close(scores - scores[:, :1], by_class - by_class[:, :1], atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="class-conditional"):
+        random_model().class_log_likelihoods(zs[-1])
+
+
+def test_fit_class_prior_is_each_class_top_latent_mean_and_std_and_raises_the_likelihood() -> None:
+    from glowtorch.preprocess import dequantize
+    from glowtorch.train import fit_class_prior
+
+    model = random_model(num_classes=3, class_prior="spatial", scale=0.1)
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(60) % 3
+    pixels = torch.randint(0, 256, (60, 2, 4, 4), generator=generator, dtype=torch.uint8)
+    pixels[labels == 1] //= 4  # classes that differ, so their priors do
+    noise = torch.Generator().manual_seed(5)  # the draws fit_class_prior makes, batch by batch
+    x = torch.cat([dequantize(pixels[i : i + 25], 8, generator=noise) for i in range(0, 60, 25)]).double()
+    before = model.log_prob(x, labels).mean()
+    top = model.encode(x, labels)[0][-1]
+    assert fit_class_prior(model, pixels, labels, batch_size=25, seed=5) is model  # the same noise as x
+    mean, log_std = model.top_prior_params(60, labels)
+    for c in range(3):
+        assert_close(mean[labels == c][0], top[labels == c].mean(0), atol=1e-9, rtol=0)
+        assert_close(log_std[labels == c][0].exp(), top[labels == c].std(0, correction=0), atol=1e-9, rtol=0)
+    assert model.log_prob(x, labels).mean() > before
+    assert_close(model.decode(model.encode(x, labels)[0], labels), x, atol=1e-10, rtol=0)
+    channel = random_model(num_classes=3, scale=0.1)
+    fitted = fit_class_prior(channel, pixels, labels, batch_size=25, seed=5)
+    assert channel.config.class_prior == "channel" and fitted.config.class_prior == "spatial"
+    assert_close(fitted.encode(x, labels)[0][0], channel.encode(x, labels)[0][0], atol=0, rtol=0)  # the same flow
+    assert fitted.log_prob(x, labels).mean() > channel.log_prob(x, labels).mean()
+    with pytest.raises(ValueError, match="class-conditional"):
+        fit_class_prior(random_model(), pixels, labels)
+    with pytest.raises(ValueError, match="at least two"):
+        fit_class_prior(model, pixels[:4], labels[:4])
 
 
 def test_config_roundtrip_dict() -> None:

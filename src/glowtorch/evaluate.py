@@ -31,10 +31,12 @@ NOISE_BLOCK = 500
 @dataclass(frozen=True)
 class ImageScores:
     """``bits_per_dim``: ``(N,)`` float64, each image's bits/dim averaged over the draws;
-    ``predicted``: ``(N,)`` the latent classifier's class per image (conditional models with labels) or None."""
+    ``predicted``: ``(N,)`` the latent classifier's class per image (conditional models with labels) or None;
+    ``predicted_likelihood``: ``(N,)`` the class ``y`` with the highest ``p(x | y)`` (first draw), or None."""
 
     bits_per_dim: Tensor
     predicted: Tensor | None = None
+    predicted_likelihood: Tensor | None = None
 
 
 class _Noise:
@@ -89,8 +91,8 @@ def score_images(
     conditional = config.num_classes > 0
     n = len(images)
     batches = [(d, s) for d in range(draws) for s in range(0, n, batch_size)]
-    # bits/dim of each image summed over draws, then the predicted class (+1, so 0 means "not scored")
-    totals = torch.zeros(2 * n, dtype=torch.float64)
+    # bits/dim of each image summed over draws, then the two predicted classes (+1, so 0 means "not scored")
+    totals = torch.zeros(3 * n, dtype=torch.float64)
     noises = [_Noise(images, seed, d) for d in range(draws)]
     mine = batches[dist.rank :: dist.world_size]
     for draw, start in tqdm(mine, desc="scoring", leave=False, disable=not progress or not dist.is_main):
@@ -102,9 +104,11 @@ def score_images(
         totals[start:stop] += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
         if conditional and draw == 0:
             totals[n + start : n + stop] = model.classifier_logits(zs[-1]).argmax(1).double().cpu() + 1
+            totals[2 * n + start : 2 * n + stop] = model.class_log_likelihoods(zs[-1]).argmax(1).double().cpu() + 1
     totals = dist.all_reduce_sum(totals.to(ref.device)).cpu()
-    predicted = (totals[n:] - 1).long() if conditional else None
-    return ImageScores(totals[:n] / draws, predicted)
+    if not conditional:
+        return ImageScores(totals[:n] / draws)
+    return ImageScores(totals[:n] / draws, (totals[n : 2 * n] - 1).long(), (totals[2 * n :] - 1).long())
 
 
 def evaluate_bits_per_dim(
@@ -121,7 +125,8 @@ def evaluate_bits_per_dim(
 
     Returns ``test_bpd`` (the exact mean), ``test_bpd_median``, and ``test_bpd_max`` with its image's
     index ``test_worst_image``: one image the model finds extremely unlikely can move the mean far
-    from the median, and these say whether that happened. Conditional models add ``test_accuracy``.
+    from the median, and these say whether that happened. Conditional models add ``test_accuracy``
+    (the latent classifier) and ``test_accuracy_likelihood`` (the class of highest ``p(x | y)``).
     """
     labels = dataset.labels if model.config.num_classes else None
     if model.config.num_classes and labels is None:
@@ -132,7 +137,8 @@ def evaluate_bits_per_dim(
 
 def summarize_scores(scores: ImageScores, labels: Tensor | None = None) -> dict[str, float]:
     """``test_bpd`` (the exact mean of the per-image values), ``test_bpd_median``, ``test_bpd_max`` and its
-    image's index ``test_worst_image``; ``test_accuracy`` of the latent classifier when it predicted."""
+    image's index ``test_worst_image``; ``test_accuracy`` of the latent classifier and
+    ``test_accuracy_likelihood`` of the model's own classification (highest ``p(x | y)``) when they predicted."""
     per_image = scores.bits_per_dim
     worst = int(per_image.argmax())
     result = {
@@ -143,6 +149,8 @@ def summarize_scores(scores: ImageScores, labels: Tensor | None = None) -> dict[
     }
     if scores.predicted is not None:
         result["test_accuracy"] = (scores.predicted == labels).double().mean().item()
+    if scores.predicted_likelihood is not None:
+        result["test_accuracy_likelihood"] = (scores.predicted_likelihood == labels).double().mean().item()
     return result
 
 

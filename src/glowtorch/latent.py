@@ -343,9 +343,15 @@ def change_class(model: Glow, zs: Sequence[Tensor], y: Tensor, new_y: Tensor) ->
 
 
 # --------------------------------------------------------------------------- files
+# Config fields added after files were first fingerprinted: at these values they leave the hash as it was,
+# so latent and direction files written before still match their model.
+_LATER_FIELDS = {"class_prior": "channel"}
+
+
 def model_fingerprint(model: Glow) -> str:
     """A short hash of the model's config and weights: ties latent and direction files to their model."""
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    config = {k: v for k, v in model.config.to_dict().items() if _LATER_FIELDS.get(k, object()) != v}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -15,6 +15,7 @@ from .layers import COUPLINGS, PERMUTATIONS, ActNorm, FlowSequence, FlowStep, Sp
 from .memory import MEMORY_MODES, run_steps
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+CLASS_PRIORS = ("channel", "spatial")
 
 __all__ = ["ComputeConfig", "Glow", "GlowConfig", "NotInitializedError"]
 
@@ -46,6 +47,9 @@ class GlowConfig:
         permutation: "lu" (LU 1x1 conv), "invconv" (plain 1x1 conv), "shuffle" or "reverse".
         learn_top: learn the top prior's mean and log-std (zero-initialized).
         num_classes: > 0 makes the model class-conditional (top prior and latent classifier).
+        class_prior: how the class enters the top prior: "channel" adds a per-class shift of each
+            channel's mean and log-std, the same at every position (the paper's code); "spatial" gives
+            each class its own mean and log-std at every position of the top latent.
         n_bits: bits per pixel value the data is reduced to (1..8).
     """
 
@@ -57,6 +61,7 @@ class GlowConfig:
     permutation: str = dataclasses.field(default="lu", metadata={"choices": tuple(PERMUTATIONS)})
     learn_top: bool = True
     num_classes: int = 0
+    class_prior: str = dataclasses.field(default="channel", metadata={"choices": CLASS_PRIORS})
     n_bits: int = 8
 
     # Written by glowtorch 0.1.0 into config.json beside the architecture; read and ignored.
@@ -82,6 +87,8 @@ class GlowConfig:
             raise ValueError(f"permutation must be one of {sorted(PERMUTATIONS)}, got {self.permutation!r}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.class_prior not in CLASS_PRIORS:
+            raise ValueError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {self.class_prior!r}")
         if not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
 
@@ -159,7 +166,8 @@ class Glow(nn.Module):
         # Top prior: (mean, log_std) interleaved on the channel axis, zero at init = standard normal.
         self.top_prior = nn.Parameter(torch.zeros(1, 2 * channels, height, width), requires_grad=config.learn_top)
         if config.num_classes > 0:
-            self.label_prior = nn.Linear(config.num_classes, 2 * channels)
+            per_class = 2 * channels * (height * width if config.class_prior == "spatial" else 1)
+            self.label_prior = nn.Linear(config.num_classes, per_class)
             self.classifier = nn.Linear(channels, config.num_classes)
             for linear in (self.label_prior, self.classifier):
                 nn.init.zeros_(linear.weight)
@@ -267,8 +275,21 @@ class Glow(nn.Module):
         h = self.top_prior.expand(batch, -1, -1, -1)
         if y is not None:
             onehot = F.one_hot(y.long(), self.config.num_classes).to(h.dtype)
-            h = h + self.label_prior(onehot)[:, :, None, None]
+            shift = self.label_prior(onehot)
+            h = h + (shift.view(h.shape) if self.config.class_prior == "spatial" else shift[:, :, None, None])
         return h[:, 0::2], h[:, 1::2]
+
+    def class_log_likelihoods(self, z_top: Tensor) -> Tensor:
+        """``(B, num_classes)``: ``log p(z_top | y)`` for every class ``y``. Only the top prior depends on
+        the class, so this is ``log p(x | y)`` up to a term that is the same for every class: its argmax
+        is the model's own (Bayes) classification of ``x`` under equal class priors."""
+        if self.config.num_classes == 0:
+            raise ValueError("class likelihoods need a class-conditional model (num_classes > 0)")
+        batch, classes = z_top.shape[0], self.config.num_classes
+        labels = torch.arange(classes, device=z_top.device).repeat(batch)
+        mean, log_std = self.top_prior_params(batch * classes, labels)
+        z = z_top.repeat_interleave(classes, dim=0)
+        return gaussian_log_prob(z, mean, log_std).view(batch, classes)
 
     # ----------------------------------------------------------------- passes
     @torch.no_grad()

@@ -53,7 +53,18 @@ from .precision import PRECISION_CHOICES, PrecisionChoice, resolve_precision
 from .preprocess import dequantize
 from .signals import StopRequest
 
-__all__ = ["TrainConfig", "Trainer", "TrainingObjective", "learning_rate", "make_optimizer", "train"]
+__all__ = [
+    "OUTLIER_BPD",
+    "StepRecord",
+    "TrainConfig",
+    "Trainer",
+    "TrainingObjective",
+    "TrainingWindow",
+    "fit_class_prior",
+    "learning_rate",
+    "make_optimizer",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -207,8 +218,9 @@ def make_optimizer(
 class TrainingObjective(nn.Module):
     """The training loss as a module, so DistributedDataParallel sees every parameter used in one forward.
 
-    ``forward(x, y) -> (loss, bits/dim)``: mean bits/dim of ``x`` plus, for class-conditional models,
-    ``weight_y`` times the latent classifier's cross-entropy in bits per image (reference code).
+    ``forward(x, y) -> (loss, bits/dim (B,))``: the loss is the mean bits/dim of ``x`` plus, for
+    class-conditional models, ``weight_y`` times the latent classifier's cross-entropy in bits per image
+    (reference code); each image's bits/dim comes back too, for the training diagnostics.
     """
 
     def __init__(self, model: Glow, weight_y: float = 0.0) -> None:
@@ -219,11 +231,64 @@ class TrainingObjective(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         config = self.model.config
         zs, logdet, log_prior = self.model(x, y)
-        bpd = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).mean()
+        per_image = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits)
+        bpd = per_image.mean()
         if y is None:
-            return bpd, bpd
+            return bpd, per_image.detach()
         logits = self.model.classifier_logits(zs[-1])
-        return bpd + self.weight_y * F.cross_entropy(logits, y) / math.log(2.0), bpd
+        return bpd + self.weight_y * F.cross_entropy(logits, y) / math.log(2.0), per_image.detach()
+
+
+@torch.no_grad()
+def fit_class_prior(
+    model: Glow, images: Tensor, labels: Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False
+) -> Glow:
+    """A class-conditional model with a ``class_prior="spatial"`` top prior at its maximum-likelihood value
+    for the model's flow: each class's prior becomes the mean and standard deviation, at every position,
+    of the top latents of that class's ``images`` (uint8 ``(N, C, H, W)``, one dequantization draw each,
+    from ``seed``). The flow is untouched, so it stays exactly invertible, and the mean log-likelihood of
+    ``images`` under their own classes can only rise for those draws.
+
+    A spatial model is fitted in place and returned; a ``"channel"`` model is left as it is and a new
+    spatial model with its flow weights is returned.
+
+    Args:
+        labels: ``(N,)`` each image's class; every class needs at least two images.
+    """
+    from tqdm import tqdm
+
+    config = model.config
+    if config.num_classes == 0:
+        raise ValueError("fitting a class prior needs a class-conditional model")
+    labels = labels.long().cpu()
+    counts = torch.bincount(labels, minlength=config.num_classes).double()
+    if len(labels) != len(images) or len(counts) != config.num_classes or (counts < 2).any():
+        raise ValueError(f"every one of the {config.num_classes} classes needs at least two labelled images")
+    if config.class_prior != "spatial":
+        spatial = Glow(dataclasses.replace(config, class_prior="spatial"), model.compute).to(model.top_prior)
+        flow = {k: v for k, v in model.state_dict().items() if not k.startswith("label_prior.")}
+        spatial.load_state_dict(flow, strict=False)  # only label_prior differs, and it is set below
+        model = spatial
+    model.eval()
+    ref = model.top_prior
+    shape = (config.num_classes, model.top_channels, *ref.shape[2:])
+    sums, squares = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    for start in tqdm(range(0, len(images), batch_size), desc="fitting", leave=False, disable=not progress):
+        x = dequantize(images[start : start + batch_size], config.n_bits, generator=generator).to(ref)
+        y = labels[start : start + batch_size]
+        top = model(x, y.to(ref.device))[0][-1].double().cpu()  # the top latent does not depend on y
+        sums.index_add_(0, y, top)
+        squares.index_add_(0, y, top * top)
+    view = (-1, 1, 1, 1)
+    mean = sums / counts.view(view)
+    variance = (squares / counts.view(view) - mean * mean).clamp_min(1e-12)
+    # top_prior_params: channel 2k of (top_prior + label_prior(onehot)) is mean k, 2k + 1 its log-std.
+    per_class = torch.stack([mean, 0.5 * variance.log()], dim=2).reshape(config.num_classes, -1)
+    model.top_prior.zero_()
+    model.label_prior.weight.copy_(per_class.T.to(ref))
+    model.label_prior.bias.zero_()
+    return model
 
 
 def _write(line: str) -> None:
@@ -260,23 +325,47 @@ def progress_line(metrics: dict, max_steps: int | None = None, max_minutes: floa
     return " | ".join(parts)
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimizer step as the diagnostics see it: the global batch's mean bits/dim, its worst image
+    (bits/dim and index in the training set), how many of its images scored above ``OUTLIER_BPD``, and
+    the gradient norm before clipping."""
+
+    step: int
+    bpd: float
+    worst_image_bpd: float
+    worst_image: int
+    outliers: int
+    grad_norm: float
+
+
+OUTLIER_BPD = 10.0  # an image above this is far outside what a trained model gives any training image
+
+
 class TrainingWindow:
     """What the steps since the last evaluation did, for metrics.jsonl: the mean batch bits/dim (unsmoothed),
-    the worst batch and its step, and the gradient norm before clipping (largest, and how many steps were
-    clipped). A single bad batch shows here even when the smoothed curve and the test score hide it."""
+    the worst batch and its step, the worst single image (its bits/dim, training-set index and step), how
+    many images scored above ``OUTLIER_BPD``, and the gradient norm before clipping (largest, and how many
+    steps were clipped). A single bad image shows here even when the smoothed curve and the test score
+    hide it; ``experiments/replay_step.py`` takes its batch apart."""
 
     def __init__(self) -> None:
         self.steps, self.total = 0, 0.0
         self.worst, self.worst_step = -math.inf, -1
+        self.worst_image: StepRecord | None = None
+        self.outliers = 0
         self.max_norm, self.clipped = 0.0, 0
 
-    def add(self, step: int, bpd: float, norm: float, clip: float) -> None:
+    def add(self, record: StepRecord, clip: float) -> None:
         self.steps += 1
-        self.total += bpd
-        if bpd > self.worst:
-            self.worst, self.worst_step = bpd, step
-        self.max_norm = max(self.max_norm, norm)
-        self.clipped += int(clip > 0 and norm > clip)
+        self.total += record.bpd
+        if record.bpd > self.worst:
+            self.worst, self.worst_step = record.bpd, record.step
+        if self.worst_image is None or record.worst_image_bpd > self.worst_image.worst_image_bpd:
+            self.worst_image = record
+        self.outliers += record.outliers
+        self.max_norm = max(self.max_norm, record.grad_norm)
+        self.clipped += int(clip > 0 and record.grad_norm > clip)
 
     def summary(self) -> dict:
         if not self.steps:
@@ -285,6 +374,10 @@ class TrainingWindow:
             "train_bpd_mean": self.total / self.steps,
             "train_bpd_worst_batch": self.worst,
             "train_worst_step": self.worst_step,
+            "train_worst_image_bpd": self.worst_image.worst_image_bpd,
+            "train_worst_image": self.worst_image.worst_image,
+            "train_worst_image_step": self.worst_image.step,
+            "train_images_above_10": self.outliers,
             "grad_norm_max": self.max_norm,
             "clipped_steps": self.clipped,
         }
@@ -425,6 +518,7 @@ class Trainer:
         share = config.batch_size // dist.world_size
         mine = slice(dist.rank * share, (dist.rank + 1) * share)
         indices = self._order[index * config.batch_size : (index + 1) * config.batch_size][mine]
+        self.batch_indices = indices
         images = self.train_data.images[indices]  # only this process's share is read (a memory-mapped store)
         # The randomness is drawn for the whole global batch and this share's rows taken from it.
         batch = config.batch_size
@@ -444,12 +538,22 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.lr_scale)
-        loss, bpd = loss_fn(x, y)
+        loss, per_image = loss_fn(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # always, even when non-finite: other processes wait on the gradient all-reduce
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
-        global_bpd = self.dist.all_reduce_mean(bpd.detach().double().view(1))
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)) and bool(torch.isfinite(global_bpd).all())
+        # One all-reduce for the diagnostics: the global mean, and each process's worst image in its own slot.
+        per_image = per_image.double()
+        rank, world = self.dist.rank, self.dist.world_size
+        packed = torch.zeros(2 + 2 * world, dtype=torch.float64, device=per_image.device)
+        packed[0] = per_image.mean() / world
+        packed[1] = (per_image > OUTLIER_BPD).sum()
+        worst_bpd, worst_at = per_image.max(0)
+        packed[2 + 2 * rank] = worst_bpd
+        packed[3 + 2 * rank] = float(self.batch_indices[int(worst_at)])
+        packed = self.dist.all_reduce_sum(packed).cpu()
+        global_bpd = packed[:1]
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)) and bool(torch.isfinite(packed).all())
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return False
@@ -460,7 +564,10 @@ class Trainer:
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
         value = global_bpd.item()
         self.running_bpd = value if self.running_bpd is None else 0.98 * self.running_bpd + 0.02 * value
-        self.window.add(self.step, value, float(norm), self.config.grad_clip)
+        worst = int(packed[2::2].argmax())
+        record = StepRecord(self.step, value, packed[2 + 2 * worst].item(), int(packed[3 + 2 * worst].item()),
+                            int(packed[1].item()), float(norm))  # fmt: skip
+        self.window.add(record, self.config.grad_clip)
         return True
 
     def evaluate_and_checkpoint(self, images_per_s: float) -> dict:
@@ -544,6 +651,7 @@ class Trainer:
                 atomic_write(self.run_dir / "train_config.json", lambda p: Path(p).write_text(text))
             return {}
         self.restore(state)
+        self._check_learning_rate(TrainConfig.from_dict(state["train_config"]))
         metrics_path = self.run_dir / "metrics.jsonl"
         kept = [m for m in read_metrics(metrics_path) if m["step"] <= self.step] if metrics_path.exists() else []
         self.dist.barrier()  # every process has read the lines before the main one rewrites them
@@ -552,6 +660,19 @@ class Trainer:
             atomic_write(metrics_path, lambda p: Path(p).write_text(text))
         self.log(f"resuming {self.run_dir} from step {self.step}")
         return kept[-1] if kept and kept[-1]["step"] == self.step else {}
+
+    def _check_learning_rate(self, saved: TrainConfig) -> None:
+        """Warns when resuming with other options raises the learning rate: a trained model sits in a sharp
+        optimum, and a learning rate well above the one it reached there throws it out (measured in
+        docs/results.md: the loss rises at once and single images can score thousands of bits/dim)."""
+        before = learning_rate(saved, self.step, self.lr_scale)
+        after = learning_rate(self.config, self.step, self.lr_scale)
+        if after > 2 * before + 1e-3 * self.config.lr:
+            self.log(
+                f"warning: these options raise the learning rate at step {self.step} from {before:.3g} to "
+                f"{after:.3g}; the trained model will lose ground first (keep --lr, --steps and --decay-steps "
+                "as they were, or lower --lr)"
+            )
 
     def _set_precision(self, started_with: str | None) -> None:
         """Resolves ``precision`` for this run ("auto": the precision the run started with when resuming,
