@@ -109,7 +109,7 @@ def card_text(card: dict, files: dict[str, str]) -> str:
         *([card["history"], ""] if card.get("history") else []),
         f"{card['steps']:,} steps of batch {card['batch_size']} ({card['epochs']:.1f} epochs of the 60,000 training "
         f"images), {card['train_minutes']:.0f} minutes of wall time and {card['cpu_hours']:.2f} CPU-hours "
-        f"({card['threads']} thread) on {card['hardware']}.",
+        f"({card['threads']} thread{'s' * (card['threads'] != 1)}) on {card['hardware']}.",
         "",
         f"![training curve](figures/{files['curve']})",
         "",
@@ -127,8 +127,9 @@ def card_text(card: dict, files: dict[str, str]) -> str:
         f"| **{card['test_bpd']:.4f}** | {card['test_bpd_median']:.4f} | {card['test_bpd_worst']:.3f} "
         f"(test image {card['test_worst_image']}) |"
         + (
-            f" {card['test_accuracy']:.4f} | {card.get('test_accuracy_likelihood', 0):.4f} |"
-            * ("test_accuracy" in card)
+            f" {card['test_accuracy']:.4f} | {card['test_accuracy_likelihood']:.4f} |"
+            if "test_accuracy" in card
+            else ""
         ),
         "",
         "Exactness on all 10,000 test images (`glowtorch evaluate --round-trip`): the float32 round trip "
