@@ -648,8 +648,12 @@ def build_app(explorer: Explorer):
 
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False) -> None:
     """Serves the page until Ctrl-C, on ``host`` only (127.0.0.1: this machine), with nothing fetched from
-    outside: no analytics, fonts from the system, uploads capped at 10 MB."""
+    outside: no analytics, fonts from the system, uploads capped at 10 MB.
+
+    SIGINT stops it even where the process started with SIGINT ignored (a shell's background job does
+    that to its commands, and Python then never raises KeyboardInterrupt)."""
     import os
+    import signal
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
@@ -657,5 +661,6 @@ def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, quiet:
     theme = gr.themes.Default(font=OFFLINE_THEME_FONTS[0], font_mono=OFFLINE_THEME_FONTS[1])
     app = build_app(explorer)
     app.queue(default_concurrency_limit=1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app.launch(server_name=host, server_port=port, theme=theme, quiet=quiet, share=False, max_file_size="10mb",
                footer_links=[], show_error=False)  # fmt: skip
