@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from glowtorch.data import load_dataset
-from glowtorch.model import GlowConfig
-from glowtorch.train import StepRecord, TrainConfig, Trainer, TrainingWindow
+from glowtorch.train import StepRecord, TrainConfig, TrainingWindow
+from replay_step import advance, resume_trainer  # experiments/ is on the path when run as a script
 
 
 class Recorder(TrainingWindow):
@@ -41,18 +41,10 @@ class Recorder(TrainingWindow):
 
 def arm(state: dict, lr: float, steps: int, data, threads: int) -> list[StepRecord]:
     torch.set_num_threads(threads)
-    model_config = GlowConfig.from_dict(state["model_config"])
     config = dataclasses.replace(TrainConfig.from_dict(state["train_config"]), lr=lr, warmup_steps=0, decay_steps=None)
-    trainer = Trainer(model_config, config, data, None, "unused", log=lambda *a: None)
-    trainer._start = time.monotonic()
-    trainer._set_precision(state["precision"])
-    trainer.restore(state)
+    trainer, loss_fn = resume_trainer(state, config, data)
     trainer.window = Recorder()
-    loss_fn = torch.compile(trainer.objective) if config.compile else trainer.objective
-    end = trainer.step + steps
-    while trainer.step < end:
-        trainer.train_step(loss_fn)
-        trainer.step += 1
+    advance(trainer, loss_fn, trainer.step + steps)
     return trainer.window.records
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from glowtorch.checkpoint import checkpoint_step
 from glowtorch.data import load_dataset, random_shift
+from glowtorch.metrics import nll_bits_per_dim
 from glowtorch.model import Glow, GlowConfig
 from glowtorch.preprocess import dequantize
 from glowtorch.train import TrainConfig, learning_rate
@@ -34,8 +34,7 @@ def census(model: Glow, images: torch.Tensor, shift: int, seed: int, batch_size:
     for start in range(0, len(images), batch_size):
         part = random_shift(images[start : start + batch_size], shift, generator) if shift else images[start:]
         x = dequantize(part[:batch_size], model.config.n_bits, generator=generator)
-        log_p = model.log_prob(x)
-        scores.append(-log_p / (model.config.num_dims * math.log(2.0)) + model.config.n_bits)
+        scores.append(nll_bits_per_dim(model.log_prob(x), model.config.num_dims, model.config.n_bits))
     bpd = torch.cat(scores).double()
     return {
         "mean": bpd.mean().item(),

@@ -37,8 +37,9 @@ from glowtorch.checkpoint import checkpoint_paths, checkpoint_step
 from glowtorch.data import load_dataset
 from glowtorch.images import save_grid
 from glowtorch.layers import gaussian_log_prob
+from glowtorch.metrics import nll_bits_per_dim
 from glowtorch.model import Glow, GlowConfig
-from glowtorch.preprocess import dequantize
+from glowtorch.preprocess import dequantize, to_uint8
 from glowtorch.train import TrainConfig, Trainer
 
 
@@ -86,6 +87,24 @@ def decompose(model: Glow, x: Tensor, y: Tensor | None = None) -> dict:
     return {"total": total, "layers": layers, "priors": priors, "least_likely": worst}
 
 
+def resume_trainer(state: dict, config: TrainConfig, train_data) -> tuple[Trainer, torch.nn.Module]:
+    """A Trainer holding a checkpoint's ``state``, training with ``config``, and the loss the run used
+    (compiled when the run compiled it, so the replayed steps round as the run's did)."""
+    trainer = Trainer(GlowConfig.from_dict(state["model_config"]), config, train_data, None, "replay-unused")
+    trainer._start = time.monotonic()
+    trainer._set_precision(state["precision"])
+    trainer.restore(state)
+    return trainer, torch.compile(trainer.objective) if config.compile else trainer.objective
+
+
+def advance(trainer: Trainer, loss_fn: torch.nn.Module, until: int) -> None:
+    """Trains on to step ``until`` as the run's loop does (a non-finite step changes nothing)."""
+    while trainer.step < until:
+        if not trainer.train_step(loss_fn):
+            trainer.bad_steps += 1
+        trainer.step += 1
+
+
 def replay(run: Path, step: int, dataset: str, data_dir: str | None) -> tuple[Trainer, dict]:
     """A Trainer holding the run's state just before ``step``'s update, and the checkpoint's metadata."""
     paths = [p for p in checkpoint_paths(run) if checkpoint_step(p) <= step]
@@ -96,19 +115,11 @@ def replay(run: Path, step: int, dataset: str, data_dir: str | None) -> tuple[Tr
     # The options the run trained on with: its newest checkpoint's (a resume may have changed the schedule).
     newest = torch.load(checkpoint_paths(run)[-1], map_location="cpu", weights_only=True)
     config = TrainConfig.from_dict(newest["train_config"])
-    image_size = model_config.image_shape[-1]
-    train_data = load_dataset(dataset, data_dir, train=True, image_size=image_size,
+    train_data = load_dataset(dataset, data_dir, train=True, image_size=model_config.image_shape[-1],
                               channels=model_config.image_shape[0])  # fmt: skip
-    trainer = Trainer(model_config, config, train_data, None, run / "replay-unused")
-    trainer._start = time.monotonic()
-    trainer._set_precision(state["precision"])
-    trainer.restore(state)
-    loss_fn = torch.compile(trainer.objective) if config.compile else trainer.objective
+    trainer, loss_fn = resume_trainer(state, config, train_data)
     start = trainer.step
-    while trainer.step < step:
-        if not trainer.train_step(loss_fn):
-            trainer.bad_steps += 1
-        trainer.step += 1
+    advance(trainer, loss_fn, step)
     return trainer, {"checkpoint": paths[-1].name, "replayed_steps": step - start, "compiled_loss": loss_fn}
 
 
@@ -134,9 +145,10 @@ def main() -> None:
     if args.save:
         torch.save(model.state_dict(), args.save)
     x, y = trainer.batch(args.step)
-    _, batch_bpd = info.pop("compiled_loss")(x, y)  # the value the run logged (with the graph it ran)
+    _, per_image = info.pop("compiled_loss")(x, y)  # with the graph the run ran
+    batch_bpd = per_image.double().mean()  # what Trainer.train_step logs for one process
     with torch.no_grad():
-        bpd = -model.log_prob(x, y) / (model.config.num_dims * math.log(2.0)) + model.config.n_bits
+        bpd = nll_bits_per_dim(model.log_prob(x, y), model.config.num_dims, model.config.n_bits)
     order = torch.argsort(bpd, descending=True)
     epoch, index = divmod(args.step, trainer.steps_per_epoch)
     indices = trainer._order[index * config.batch_size : (index + 1) * config.batch_size]
@@ -161,7 +173,7 @@ def main() -> None:
     }
     # The worst image's own pixels, with other noise and without the batch's translation.
     images = trainer.train_data.images
-    shifted = torch.floor((x[worst] + 0.5) * 2**model.config.n_bits).clamp(0, 255).to(torch.uint8)
+    shifted = to_uint8(x[worst : worst + 1], model.config.n_bits)[0]  # the pixels under the noise
     original = images[int(indices[worst])]
     report["worst"]["translated"] = not torch.equal(shifted, original)
     generator = torch.Generator().manual_seed(0)
@@ -170,7 +182,7 @@ def main() -> None:
         noisy = dequantize(batch, model.config.n_bits, generator=generator).double()
         ys = None if y is None else y[worst].expand(args.draws)
         with torch.no_grad():
-            scores = -double.log_prob(noisy, ys) / (model.config.num_dims * math.log(2.0)) + model.config.n_bits
+            scores = nll_bits_per_dim(double.log_prob(noisy, ys), model.config.num_dims, model.config.n_bits)
         report["worst"][f"{name}_{args.draws}_draws"] = {
             "min": float(scores.min()),
             "median": float(scores.median()),
