@@ -118,6 +118,36 @@ def test_resume_warns_when_new_options_raise_the_learning_rate(tmp_path, capsys)
     assert code == 0 and "warning" not in text  # the same schedule as the checkpoint's
 
 
+def test_decay_paced_to_the_time_budget_is_a_fixed_schedule(tmp_path, capsys) -> None:
+    """``--decay-steps auto`` fixes the step where the cosine ends at the end of warmup; that number, given
+    back as ``--decay-steps N``, trains the same weights, and a resume keeps it."""
+    paced, fixed = tmp_path / "paced", tmp_path / "fixed"
+    common = ["--dataset", "digits", "--warmup-steps", "20", "--max-minutes", "30", *TINY, "--eval-every", "12"]
+    code, text, _ = run(capsys, "train", "--steps", "24", "--out", paced, "--decay-steps", "auto", *common)
+    assert code == 0 and "paced to --max-minutes" in text
+    decay_steps = json.loads((paced / "train_config.json").read_text())["resolved"]["decay_steps"]
+    assert isinstance(decay_steps, int) and decay_steps > 24  # 30 minutes hold far more than 24 steps
+    assert f"--decay-steps {decay_steps} repeats this schedule" in text
+    assert main(["train", "--steps", "24", "--out", str(fixed), "--decay-steps", str(decay_steps), *common]) == 0
+    model = "model/model.safetensors"
+    assert (paced / model).read_bytes() == (fixed / model).read_bytes()
+    code, text, _ = run(capsys, "train", "--steps", "36", "--out", paced, "--decay-steps", "auto", "--resume", *common)
+    assert code == 0 and f"keeping the run's paced schedule: learning rate 0 at step {decay_steps:,}" in text
+    assert "warning" not in text and "paced to --max-minutes" not in text
+    assert main(["train", "--steps", "36", "--out", str(fixed), "--decay-steps", str(decay_steps), "--resume",
+                 *common]) == 0  # fmt: skip
+    assert (paced / model).read_bytes() == (fixed / model).read_bytes()
+
+
+def test_decay_steps_must_be_a_number_or_auto(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        run(capsys, "train", "--dataset", "digits", "--steps", "3", "--out", tmp_path / "r", "--decay-steps", "soon")
+    assert info.value.code == 2 and "'soon' is neither a number of steps nor auto" in capsys.readouterr().err
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "3", "--out", tmp_path / "r",
+                       "--decay-steps", "auto", *TINY)  # fmt: skip
+    assert code != 0 and "set max_minutes" in err and not (tmp_path / "r").exists()
+
+
 def test_resume_continues_exactly(trained_run, tmp_path, capsys) -> None:
     partial = tmp_path / "partial"
     straight = tmp_path / "straight"

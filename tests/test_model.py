@@ -275,8 +275,12 @@ def test_fit_class_prior_is_each_class_top_latent_mean_and_std_and_raises_the_li
     assert fitted.log_prob(x, labels).mean() > channel.log_prob(x, labels).mean()
     with pytest.raises(ValueError, match="class-conditional"):
         fit_class_prior(random_model(), pixels, labels)
-    with pytest.raises(ValueError, match="at least two"):
-        fit_class_prior(model, pixels[:4], labels[:4])
+    with pytest.raises(ValueError, match="class\\(es\\) 2 have fewer"):
+        fit_class_prior(model, pixels[:5], labels[:5])  # labels 0, 1, 2, 0, 1
+    with pytest.raises(ValueError, match="labels run from 0 to 3, but the model has classes 0 to 2"):
+        fit_class_prior(model, pixels, torch.where(labels == 2, 3, labels))
+    with pytest.raises(ValueError, match="60 images but 59 labels"):
+        fit_class_prior(model, pixels, labels[:59])
 
 
 def test_config_roundtrip_dict() -> None:

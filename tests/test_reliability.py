@@ -227,3 +227,19 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(cosine, 60, scale=0.5) == pytest.approx(0.25e-3)
     with pytest.raises(ValueError, match="decay_steps must exceed"):
         TrainConfig(warmup_steps=10, decay_steps=5, steps=10)
+    paced = TrainConfig(lr=1e-3, warmup_steps=20, decay_steps="auto", max_minutes=60)
+    assert learning_rate(paced, 5000) == pytest.approx(1e-3)  # until the run fixes its pace at the end of warmup
+    with pytest.raises(ValueError, match="set max_minutes"):
+        TrainConfig(warmup_steps=20, decay_steps="auto", steps=10)
+    with pytest.raises(ValueError, match="warmup_steps >= 20"):
+        TrainConfig(warmup_steps=5, decay_steps="auto", max_minutes=1)
+
+
+def test_paced_decay_steps() -> None:
+    from glowtorch.train import paced_decay_steps
+
+    # 5 steps/s for 10 minutes, no evaluation: 3,000 steps after step 500.
+    assert paced_decay_steps(500, 5.0, 600.0, 0, 0, 32) == 3500
+    # Evaluating 9,600 test images every 1,000 steps of 32 images costs a tenth more: 1/1.1 of the steps.
+    assert paced_decay_steps(500, 5.0, 600.0, 1000, 9600, 32) == 500 + int(3000 / 1.1)
+    assert paced_decay_steps(500, 5.0, 0.0, 1000, 9600, 32) == 501  # out of time: the decay ends at once

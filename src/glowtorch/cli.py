@@ -71,6 +71,18 @@ def positive_int(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- flags from dataclasses
+def _argument_type(parse):
+    """A field's own parser as an argparse type: its ValueError message becomes argparse's."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """``{field: text}`` from the "Attributes:" section of ``cls``'s docstring (an entry may name several
     fields, as in ``epochs / steps / max_minutes: ...``)."""
@@ -111,6 +123,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             options.update(type=float_list, metavar="X,Y,...")
+        elif "parse" in f.metadata:
+            options.update(type=_argument_type(f.metadata["parse"]), metavar=f.name.upper())
         else:
             options["type"] = kind
             if "choices" in f.metadata:

@@ -67,6 +67,19 @@ __all__ = [
 ]
 
 
+PACE_MIN_WARMUP = 20  # "auto" decay: fewest warmup steps to time the training step over
+
+
+def steps_or_auto(text: str) -> int | str:
+    """Parses ``--decay-steps``: a whole number of steps, or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a number of steps nor auto") from None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training options: how to train and how the model computes meanwhile (its architecture is a
@@ -78,7 +91,10 @@ class TrainConfig:
         lr: peak learning rate, reached linearly over warmup_steps.
         warmup_steps: steps of the linear learning-rate warmup from 0 to lr.
         decay_steps: when set, the learning rate decays from lr to 0 along a cosine between
-            warmup_steps and decay_steps (default: constant after warmup).
+            warmup_steps and decay_steps (default: constant after warmup). "auto" (with max_minutes)
+            paces the decay to the time budget: at the end of warmup the run measures its own speed and
+            fixes decay_steps to the step it expects to reach when max_minutes is up (logged, and kept
+            on --resume), so the learning rate reaches 0 at the end on a slow machine or a fast one.
         grad_clip: maximum gradient norm (0 disables clipping).
         ema_decay: Polyak averaging of the weights used for evaluation and sampling (0 disables).
         init_images: training images used for ActNorm's data-dependent initialization.
@@ -112,7 +128,7 @@ class TrainConfig:
     optimizer: str = field(default="adamax", metadata={"choices": ("adam", "adamax")})
     lr: float = 1e-3
     warmup_steps: int = 500
-    decay_steps: int | None = None
+    decay_steps: int | str | None = field(default=None, metadata={"parse": steps_or_auto})
     grad_clip: float = 50.0
     ema_decay: float = 0.999
     init_images: int = 512
@@ -143,7 +159,18 @@ class TrainConfig:
             (self.optimizer in ("adam", "adamax"), "optimizer must be adam or adamax"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
-            (self.decay_steps is None or self.decay_steps > self.warmup_steps, "decay_steps must exceed warmup_steps"),
+            (
+                self.decay_steps is None or self.decay_steps == "auto" or self.decay_steps > self.warmup_steps,
+                "decay_steps must exceed warmup_steps",
+            ),
+            (
+                self.decay_steps != "auto" or self.max_minutes is not None,
+                "decay_steps auto paces the decay to max_minutes: set max_minutes, or give decay_steps as a number",
+            ),
+            (
+                self.decay_steps != "auto" or self.warmup_steps >= PACE_MIN_WARMUP,
+                f"decay_steps auto measures the training speed during warmup: set warmup_steps >= {PACE_MIN_WARMUP}",
+            ),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.init_images >= 1, "init_images must be >= 1"),
@@ -183,12 +210,23 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- helpers
+def paced_decay_steps(
+    step: int, steps_per_s: float, seconds_left: float, eval_every: int, eval_images: int, batch_size: int
+) -> int:
+    """The step at which a cosine decay paced to the time budget ends: ``step`` plus the training steps
+    expected in ``seconds_left`` at ``steps_per_s``, less the time of the evaluations in between
+    (``eval_images`` test images every ``eval_every`` steps, each estimated at a third of the work of
+    an image in a training step: a forward pass without the backward). At least one step on."""
+    eval_share = eval_images / (3 * batch_size * eval_every) if eval_every else 0.0
+    return step + max(1, int(steps_per_s * seconds_left / (1.0 + eval_share)))
+
+
 def learning_rate(config: TrainConfig, step: int, scale: float = 1.0) -> float:
     """Linear warmup to ``lr`` over ``warmup_steps``, then constant (reference code) or, with
     ``decay_steps``, a cosine decay to 0 at step ``decay_steps``; times ``scale`` (after rollbacks)."""
     warmup = 1.0 if config.warmup_steps == 0 else min(1.0, (step + 1) / config.warmup_steps)
     decay = 1.0
-    if config.decay_steps:
+    if isinstance(config.decay_steps, int):  # "auto" is resolved at the end of warmup, before the decay starts
         progress = (step - config.warmup_steps) / max(1, config.decay_steps - config.warmup_steps)
         decay = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
     return config.lr * warmup * decay * scale
@@ -261,9 +299,17 @@ def fit_class_prior(
     if config.num_classes == 0:
         raise ValueError("fitting a class prior needs a class-conditional model")
     labels = labels.long().cpu()
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels: give one label per image")
+    if len(labels) and (labels.min() < 0 or labels.max() >= config.num_classes):
+        raise ValueError(
+            f"labels run from {int(labels.min())} to {int(labels.max())}, but the model has classes 0 to "
+            f"{config.num_classes - 1}: use the labels it was trained with"
+        )
     counts = torch.bincount(labels, minlength=config.num_classes).double()
-    if len(labels) != len(images) or len(counts) != config.num_classes or (counts < 2).any():
-        raise ValueError(f"every one of the {config.num_classes} classes needs at least two labelled images")
+    if (counts < 2).any():
+        short = ", ".join(str(c) for c in torch.nonzero(counts < 2).flatten().tolist())
+        raise ValueError(f"every class needs at least two labelled images; class(es) {short} have fewer")
     if config.class_prior != "spatial":
         spatial = Glow(dataclasses.replace(config, class_prior="spatial"), model.compute).to(model.top_prior)
         flow = {k: v for k, v in model.state_dict().items() if not k.startswith("label_prior.")}
@@ -443,6 +489,7 @@ class Trainer:
         self.running_bpd: float | None = None
         self.window = TrainingWindow()
         self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
+        self._pace_start: tuple[int, float] | None = None  # (step, time) the "auto" decay is timed from
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -651,7 +698,11 @@ class Trainer:
                 atomic_write(self.run_dir / "train_config.json", lambda p: Path(p).write_text(text))
             return {}
         self.restore(state)
-        self._check_learning_rate(TrainConfig.from_dict(state["train_config"]))
+        saved = TrainConfig.from_dict(state["train_config"])
+        if self.config.decay_steps == "auto" and isinstance(saved.decay_steps, int):
+            self.config = dataclasses.replace(self.config, decay_steps=saved.decay_steps)
+            self.log(f"keeping the run's paced schedule: learning rate 0 at step {saved.decay_steps:,}")
+        self._check_learning_rate(saved)
         metrics_path = self.run_dir / "metrics.jsonl"
         kept = [m for m in read_metrics(metrics_path) if m["step"] <= self.step] if metrics_path.exists() else []
         self.dist.barrier()  # every process has read the lines before the main one rewrites them
@@ -660,6 +711,35 @@ class Trainer:
             atomic_write(metrics_path, lambda p: Path(p).write_text(text))
         self.log(f"resuming {self.run_dir} from step {self.step}")
         return kept[-1] if kept and kept[-1]["step"] == self.step else {}
+
+    def _pace_schedule(self) -> None:
+        """Resolves decay_steps "auto" at the end of warmup, before the decay starts (see TrainConfig): times
+        the steps since a fifth of warmup (past torch.compile's first step) or since a resume, and fixes
+        the step at which the cosine reaches 0. Every process takes the main process's number."""
+        config = self.config
+        if self._pace_start is None:
+            if self.step >= max(1, config.warmup_steps // 5):
+                self._pace_start = (self.step, time.monotonic())
+            return
+        if self.step < config.warmup_steps:
+            return
+        first_step, started = self._pace_start
+        steps_per_s = (self.step - first_step) / max(time.monotonic() - started, 1e-9)
+        seconds_left = max(0.0, config.max_minutes * 60 - self.elapsed())
+        eval_images = len(self.test_data) * config.eval_draws if self.test_data is not None else 0
+        paced = paced_decay_steps(self.step, steps_per_s, seconds_left, config.eval_every or self.steps_per_epoch,
+                                  eval_images, config.batch_size)  # fmt: skip
+        mine = torch.tensor([float(paced) if self.dist.is_main else 0.0], dtype=torch.float64, device=self.device)
+        decay_steps = int(self.dist.all_reduce_sum(mine).item())
+        self.config = dataclasses.replace(config, decay_steps=decay_steps)
+        self.log(f"learning rate: cosine decay to 0 at step {decay_steps:,}, paced to --max-minutes "
+                 f"({steps_per_s:.2f} steps/s measured, {seconds_left / 60:.1f} min left); "
+                 f"--decay-steps {decay_steps} repeats this schedule")  # fmt: skip
+        path = self.run_dir / "train_config.json"
+        if self.dist.is_main and path.exists():
+            values = json.loads(path.read_text())
+            values.setdefault("resolved", {})["decay_steps"] = decay_steps
+            atomic_write(path, lambda p: Path(p).write_text(json.dumps(values, indent=2)))
 
     def _check_learning_rate(self, saved: TrainConfig) -> None:
         """Warns when resuming with other options raises the learning rate: a trained model sits in a sharp
@@ -744,6 +824,8 @@ class Trainer:
                         consecutive_bad = 0
                         continue
                 self.step += 1
+                if self.config.decay_steps == "auto":
+                    self._pace_schedule()
                 interval_images += config.batch_size
                 window_images += config.batch_size
                 bar.update(1)
