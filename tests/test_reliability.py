@@ -225,8 +225,9 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(cosine, 110) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(cosine, 150) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(cosine, 60, scale=0.5) == pytest.approx(0.25e-3)
-    with pytest.raises(ValueError, match="decay_steps must exceed"):
-        TrainConfig(warmup_steps=10, decay_steps=5, steps=10)
+    for wrong in (5, "soon", 20.5):
+        with pytest.raises(ValueError, match="decay_steps must be auto or a number of steps above warmup_steps"):
+            TrainConfig(warmup_steps=10, decay_steps=wrong, steps=10)
     paced = TrainConfig(lr=1e-3, warmup_steps=20, decay_steps="auto", max_minutes=60)
     assert learning_rate(paced, 5000) == pytest.approx(1e-3)  # until the run fixes its pace at the end of warmup
     with pytest.raises(ValueError, match="set max_minutes"):

@@ -160,8 +160,9 @@ class TrainConfig:
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (
-                self.decay_steps is None or self.decay_steps == "auto" or self.decay_steps > self.warmup_steps,
-                "decay_steps must exceed warmup_steps",
+                self.decay_steps in (None, "auto")
+                or (type(self.decay_steps) is int and self.decay_steps > self.warmup_steps),
+                "decay_steps must be auto or a number of steps above warmup_steps",
             ),
             (
                 self.decay_steps != "auto" or self.max_minutes is not None,
