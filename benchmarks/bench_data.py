@@ -41,7 +41,7 @@ BLOCK = 20_000  # images per written block
 def write_synthetic_store(directory: Path, count: int, test_count: int = 1000) -> float:
     """A store of ``count`` random 64x64x3 training images (one random block repeated) and a small test
     split; returns the seconds it took."""
-    from glowtorch.store import FORMAT, MANIFEST, VERSION, _ArrayWriter
+    from glowtorch.data.store import FORMAT, MANIFEST, VERSION, ArrayWriter
 
     start = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def write_synthetic_store(directory: Path, count: int, test_count: int = 1000) -
     splits = {}
     for split, n in (("train", count), ("test", test_count)):
         (directory / split).mkdir(parents=True)
-        writer = _ArrayWriter(directory / split / "images.npy", n, (3, SIZE, SIZE))
+        writer = ArrayWriter(directory / split / "images.npy", n, (3, SIZE, SIZE))
         for first in range(0, n, BLOCK):
             writer.write(block[: min(BLOCK, n - first)])
         writer.close()
@@ -134,7 +134,7 @@ def _workers(root: int, processes: int) -> list[int]:
 
 def gather_rates(store: Path, batches: int = 2000, batch: int = 64) -> tuple[float, float]:
     """Images/s gathered at random from the memory-mapped store (warm page cache) and from memory."""
-    from glowtorch.store import open_store
+    from glowtorch.data.store import open_store
 
     mapped = open_store(store).images
     in_memory = mapped.clone()
@@ -156,7 +156,7 @@ def prepare_rate(work: Path, count: int) -> tuple[float, float]:
     from PIL import Image
 
     from glowtorch.data import load_dataset
-    from glowtorch.store import prepare_store
+    from glowtorch.data.store import prepare_store
 
     folder = work / "pngs"
     rng = np.random.default_rng(0)

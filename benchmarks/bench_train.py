@@ -23,7 +23,7 @@ import torch
 
 from glowtorch import Glow, GlowConfig, dequantize, keep_freed_memory
 from glowtorch.data import Dataset, load_dataset
-from glowtorch.presets import load_preset
+from glowtorch.presets import preset_settings
 from glowtorch.train import TrainConfig, TrainingObjective, make_optimizer, train
 
 
@@ -90,18 +90,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args()
     keep_freed_memory()  # as the glowtorch command does
-    preset = load_preset(args.preset)
+    settings = preset_settings(args.preset)
     if args.data_dir:
-        data = load_dataset(preset["dataset"], args.data_dir, train=True)
+        data = load_dataset(settings.dataset, args.data_dir, train=True)
     else:
         shape = (
-            load_dataset(preset["dataset"], None, train=True).image_shape
-            if preset["dataset"] == "digits"
+            load_dataset(settings.dataset, None, train=True).image_shape
+            if settings.dataset == "digits"
             else (1, 28, 28)
         )
         data = Dataset(torch.randint(0, 256, (20000, *shape), dtype=torch.uint8))
-    model_config = GlowConfig(image_shape=data.image_shape, **preset["model"])
-    train_config = TrainConfig(**preset["train"])
+    model_config = GlowConfig(image_shape=data.image_shape, **settings.model)
+    train_config = TrainConfig(**settings.train)
     print(
         f"preset {args.preset}: image {data.image_shape}, L={model_config.levels} K={model_config.depth} "
         f"width={model_config.hidden_channels}, batch {train_config.batch_size}, compile {train_config.compile}, "

@@ -29,7 +29,7 @@ from glowtorch import GlowConfig
 from glowtorch.checkpoint import checkpoint_paths, checkpoint_step, holds_run
 from glowtorch.data import load_dataset
 from glowtorch.plots import read_metrics
-from glowtorch.presets import load_preset
+from glowtorch.presets import preset_settings
 from glowtorch.train import TrainConfig, train
 
 PERMUTATIONS = ("reverse", "shuffle", "invconv", "lu")
@@ -73,14 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings(args: argparse.Namespace) -> tuple[str, dict, dict]:
     """(dataset, model values, training values) shared by every run of the grid."""
-    preset = load_preset(args.preset) if args.preset else {}
-    dataset = args.dataset or preset.get("dataset") or "digits"
-    model = {k: v for k, v in preset.get("model", {}).items() if k not in ("coupling", "permutation")}  # the grid's
-    model.update({k: v for k in ("levels", "depth", "hidden_channels") if (v := getattr(args, k)) is not None})
-    training = dict(preset.get("train", {}))
-    for key in ("batch_size", "optimizer", "lr", "warmup_steps"):
-        if getattr(args, key) is not None:
-            training[key] = getattr(args, key)
+    given = lambda keys: {k: v for k in keys if (v := getattr(args, k)) is not None}  # noqa: E731
+    settings = preset_settings(args.preset, args.dataset, model=given(("levels", "depth", "hidden_channels")),
+                               train=given(("batch_size", "optimizer", "lr", "warmup_steps")))  # fmt: skip
+    dataset, training = settings.dataset, dict(settings.train)
+    model = {k: v for k, v in settings.model.items() if k not in ("coupling", "permutation")}  # the grid's
     steps = args.steps or training.get("steps") or 1000
     training.update(steps=steps, epochs=None, max_minutes=None, compile=False, precision="float32",
                     decay_steps=args.decay_steps or steps, eval_every=args.eval_every or max(1, steps // 10),

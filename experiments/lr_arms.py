@@ -24,7 +24,7 @@ import torch
 
 from glowtorch.data import load_dataset
 from glowtorch.train import StepRecord, TrainConfig, TrainingWindow
-from replay_step import advance, resume_trainer  # experiments/ is on the path when run as a script
+from replay_step import resume_trainer  # experiments/ is on the path when run as a script
 
 
 class Recorder(TrainingWindow):
@@ -44,7 +44,7 @@ def arm(state: dict, lr: float, steps: int, data, threads: int) -> list[StepReco
     config = dataclasses.replace(TrainConfig.from_dict(state["train_config"]), lr=lr, warmup_steps=0, decay_steps=None)
     trainer, loss_fn = resume_trainer(state, config, data)
     trainer.window = Recorder()
-    advance(trainer, loss_fn, trainer.step + steps)
+    trainer.advance(loss_fn, trainer.step + steps)
     return trainer.window.records
 
 

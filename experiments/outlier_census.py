@@ -20,7 +20,7 @@ import torch
 
 from glowtorch.checkpoint import checkpoint_step
 from glowtorch.data import load_dataset, random_shift
-from glowtorch.metrics import nll_bits_per_dim
+from glowtorch.likelihood import nll_bits_per_dim
 from glowtorch.model import Glow, GlowConfig
 from glowtorch.preprocess import dequantize
 from glowtorch.train import TrainConfig, learning_rate

@@ -37,7 +37,7 @@ from glowtorch.checkpoint import checkpoint_paths, checkpoint_step
 from glowtorch.data import load_dataset
 from glowtorch.images import save_grid
 from glowtorch.layers import gaussian_log_prob
-from glowtorch.metrics import nll_bits_per_dim
+from glowtorch.likelihood import nll_bits_per_dim
 from glowtorch.model import Glow, GlowConfig
 from glowtorch.preprocess import dequantize, to_uint8
 from glowtorch.train import TrainConfig, Trainer
@@ -90,19 +90,8 @@ def decompose(model: Glow, x: Tensor, y: Tensor | None = None) -> dict:
 def resume_trainer(state: dict, config: TrainConfig, train_data) -> tuple[Trainer, torch.nn.Module]:
     """A Trainer holding a checkpoint's ``state``, training with ``config``, and the loss the run used
     (compiled when the run compiled it, so the replayed steps round as the run's did)."""
-    trainer = Trainer(GlowConfig.from_dict(state["model_config"]), config, train_data, None, "replay-unused")
-    trainer._start = time.monotonic()
-    trainer._set_precision(state["precision"])
-    trainer.restore(state)
-    return trainer, torch.compile(trainer.objective) if config.compile else trainer.objective
-
-
-def advance(trainer: Trainer, loss_fn: torch.nn.Module, until: int) -> None:
-    """Trains on to step ``until`` as the run's loop does (a non-finite step changes nothing)."""
-    while trainer.step < until:
-        if not trainer.train_step(loss_fn):
-            trainer.bad_steps += 1
-        trainer.step += 1
+    trainer = Trainer.resume_from(state, config, train_data)
+    return trainer, trainer.loss_function()
 
 
 def replay(run: Path, step: int, dataset: str, data_dir: str | None) -> tuple[Trainer, dict]:
@@ -119,7 +108,7 @@ def replay(run: Path, step: int, dataset: str, data_dir: str | None) -> tuple[Tr
                               channels=model_config.image_shape[0])  # fmt: skip
     trainer, loss_fn = resume_trainer(state, config, train_data)
     start = trainer.step
-    advance(trainer, loss_fn, step)
+    trainer.advance(loss_fn, step)
     return trainer, {"checkpoint": paths[-1].name, "replayed_steps": step - start, "compiled_loss": loss_fn}
 
 
@@ -140,18 +129,16 @@ def main() -> None:
 
     started = time.monotonic()
     trainer, info = replay(args.run, args.step, args.dataset, args.data_dir)
-    model, config = trainer.model, trainer.config
+    model = trainer.model
     model.eval()
     if args.save:
         torch.save(model.state_dict(), args.save)
-    x, y = trainer.batch(args.step)
+    x, y, indices = trainer.batch(args.step)
     _, per_image = info.pop("compiled_loss")(x, y)  # with the graph the run ran
     batch_bpd = per_image.double().mean()  # what Trainer.train_step logs for one process
     with torch.no_grad():
         bpd = nll_bits_per_dim(model.log_prob(x, y), model.config.num_dims, model.config.n_bits)
     order = torch.argsort(bpd, descending=True)
-    epoch, index = divmod(args.step, trainer.steps_per_epoch)
-    indices = trainer._order[index * config.batch_size : (index + 1) * config.batch_size]
     worst, median = int(order[0]), int(order[len(order) // 2])
 
     double = Glow(model.config).double()

@@ -24,12 +24,12 @@ import torch
 
 from glowtorch.checkpoint import load_model, resolve_checkpoint, save_model
 from glowtorch.data import load_dataset
-from glowtorch.demo import build_cache
 from glowtorch.evaluate import score_images, summarize_scores
 from glowtorch.images import save_grid
 from glowtorch.latent import round_trip_report, temperature_grid
 from glowtorch.model import Glow
 from glowtorch.plots import plot_metrics, read_metrics
+from glowtorch.reference import build_reference
 from glowtorch.train import fit_class_prior
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def main() -> None:
     save_model(model, target)
     card["weights_mb"] = (target / "model.safetensors").stat().st_size / 2**20
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    build_cache(model, target, "mnist", args.data_dir, scores=per_image)  # the demo's test scores and directions
+    build_reference(model, target, "mnist", args.data_dir, scores=per_image)  # the demo's test scores and directions
     files = figures(model, args.run, args.name, ROOT / "docs" / "figures")
     (ROOT / "docs" / f"model-{args.name}.md").write_text(card_text(card, files))
     print(json.dumps({k: v for k, v in card.items() if k != "architecture"}, indent=2))

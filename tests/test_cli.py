@@ -68,7 +68,7 @@ def test_a_steps_worst_image_is_the_batch_image_the_model_scores_worst(tmp_path)
     config = TrainConfig(batch_size=16, init_images=64, steps=1, compile=False, ema_decay=0, grad_clip=0)
     trainer = Trainer(tiny_config(image_shape=(1, 8, 8)), config, data, None, tmp_path / "run", log=lambda *a: None)
     trainer.initialize()
-    x, _ = trainer.batch(0)
+    x, _, indices = trainer.batch(0)
     with torch.no_grad():  # the model before the step, on the step's images
         bpd = -trainer.model.log_prob(x) / (64 * math.log(2.0)) + 8
     trainer.model.train()
@@ -77,7 +77,7 @@ def test_a_steps_worst_image_is_the_batch_image_the_model_scores_worst(tmp_path)
     assert summary["train_worst_image_bpd"] == pytest.approx(bpd.max().item(), rel=1e-5)
     assert summary["train_bpd_mean"] == pytest.approx(bpd.mean().item(), rel=1e-5)
     index = summary["train_worst_image"]
-    assert index == int(trainer.batch_indices[bpd.argmax()])
+    assert index == int(indices[bpd.argmax()])
     own = dequantize(data.images[index : index + 1], 8, noise=False)  # the image itself, at its bins' centres
     assert (x[bpd.argmax()] - own[0]).abs().max() <= 0.5 / 256 + 1e-6  # the same pixels, up to the noise
     assert summary["train_images_above_10"] == int((bpd > 10).sum())
@@ -127,6 +127,12 @@ def test_decay_paced_to_the_time_budget_is_a_fixed_schedule(tmp_path, capsys) ->
     assert code == 0 and "paced to --max-minutes" in text
     decay_steps = json.loads((paced / "train_config.json").read_text())["resolved"]["decay_steps"]
     assert isinstance(decay_steps, int) and decay_steps > 24  # 30 minutes hold far more than 24 steps
+    from glowtorch.train import RunDir, TrainConfig
+
+    written = json.loads((paced / "train_config.json").read_text())
+    options, resolved = RunDir(paced).read_config()
+    assert TrainConfig.from_dict(written) == options  # the config reads its own file back
+    assert options.decay_steps == "auto" and resolved["decay_steps"] == decay_steps and "precision" in resolved
     assert f"--decay-steps {decay_steps} repeats this schedule" in text
     assert main(["train", "--steps", "24", "--out", str(fixed), "--decay-steps", str(decay_steps), *common]) == 0
     model = "model/model.safetensors"
@@ -175,7 +181,7 @@ def test_conditional_training_on_synthetic_mnist(tmp_path, capsys) -> None:
     code, _, _ = run(capsys, "sample", out, "--n", "4", "--label", "3", "-o", tmp_path / "s.png")
     assert code == 0
     code, _, err = run(capsys, "sample", out, "--n", "4", "--label", "10", "-o", tmp_path / "s.png")
-    assert code == 1 and "--label must be in 0..9" in err
+    assert code == 1 and "--label: pick a class from 0 to 9" in err
     # a per-class, per-position prior fitted to the training images, from the command line
     fitted = tmp_path / "fitted"
     data = ["--dataset", "mnist", "--data-dir", tmp_path / "mnist", "--no-progress"]
@@ -258,7 +264,8 @@ def test_train_flags_come_from_the_config_fields() -> None:
     import dataclasses
 
     from glowtorch import GlowConfig
-    from glowtorch.cli import MODEL_FLAGS, build_parser
+    from glowtorch.cli import build_parser
+    from glowtorch.cli.common import MODEL_FLAGS
     from glowtorch.train import TrainConfig
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
@@ -314,9 +321,9 @@ def test_unwritable_output_directory(tmp_path, capsys) -> None:
 
 
 def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
-    import glowtorch.train
+    import glowtorch.train.loop
 
-    monkeypatch.setattr(glowtorch.train.shutil, "which", lambda name: None)
+    monkeypatch.setattr(glowtorch.train.loop.shutil, "which", lambda name: None)
     out = tmp_path / "run"
     code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "1", "--compile", "--out", out, *TINY)
     assert code == 1 and one_line_error(err) and "C++ compiler" in err

@@ -327,8 +327,8 @@ def test_standard_noise_is_what_sampling_turns_into_the_latents() -> None:
     assert torch.isfinite(x).all()
     noise = standard_noise(model, zs, y)
     with torch.no_grad():
-        again, x_again = model._sample_from_noise(noise, [1.0] * len(zs), y)
-        at_zero = model._sample_from_noise([torch.zeros_like(n) for n in noise], [1.0] * len(zs), y)[0]
+        again, x_again = model.sample_from_noise(noise, [1.0] * len(zs), y)
+        at_zero = model.sample_from_noise([torch.zeros_like(n) for n in noise], [1.0] * len(zs), y)[0]
     for z, z_again in zip(zs, again, strict=True):
         assert_close(z_again, z, rtol=1e-10, atol=1e-10)
     assert_close(x_again, x, rtol=1e-10, atol=1e-10)

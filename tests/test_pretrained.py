@@ -160,7 +160,7 @@ def test_same_handwriting_another_digit_from_the_command_line(tmp_path, capsys) 
     assert (np.asarray(Image.open(tmp_path / "as7" / "seven.png")) == original).all()
     assert (np.asarray(Image.open(tmp_path / "as1" / "seven.png")) != original).any()
     code, _, err = run(capsys, "decode", latents, "--label", "12", "-o", tmp_path / "bad")
-    assert code == 1 and "--label must be from 0 to 9" in err
+    assert code == 1 and "--label: pick a class from 0 to 9" in err
     plain = tmp_path / "plain.safetensors"
     assert run(capsys, "encode", "pretrained:mnist", seven, "-o", plain)[0] == 0
     code, _, err = run(capsys, "decode", plain, "--label", "1", "-o", tmp_path / "bad")

@@ -11,7 +11,7 @@ import torch
 
 from glowtorch.cli import main
 from glowtorch.data import DataError, load_dataset, load_dataset_for
-from glowtorch.store import open_store, prepare_store
+from glowtorch.data.store import open_store, prepare_store
 from test_data import make_mnist, write_png
 
 
@@ -78,12 +78,12 @@ def test_preparing_again_keeps_a_complete_store_and_refuses_other_folders(image_
 
 
 def test_an_interrupted_prepare_leaves_nothing_that_looks_like_a_store(image_folder, tmp_path, monkeypatch):
-    import glowtorch.store
+    import glowtorch.data.store
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(glowtorch.store, "atomic_write", fail)  # dies just before the manifest
+    monkeypatch.setattr(glowtorch.data.store, "atomic_write", fail)  # dies just before the manifest
     with pytest.raises(KeyboardInterrupt):
         prepare_store("folder", image_folder, tmp_path / "store", image_size=8, workers=1)
     assert not (tmp_path / "store").exists() and (tmp_path / "store.partial").is_dir()

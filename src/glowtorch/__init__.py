@@ -1,11 +1,11 @@
 """glowtorch: Glow (Kingma & Dhariwal 2018), generative flow with invertible 1x1 convolutions, in PyTorch."""
 
 from .allocator import keep_freed_memory
-from .checkpoint import CheckpointError, load_model, save_model
-from .metrics import bits_per_dim, nll_bits_per_dim
+from .checkpoint import CheckpointError, load_model, load_pretrained, save_model
+from .likelihood import bits_per_dim, nll_bits_per_dim
 from .model import ComputeConfig, Glow, GlowConfig, NotInitializedError
 from .preprocess import dequantize, to_uint8
-from .pretrained import load_pretrained, pretrained_names
+from .pretrained import pretrained_names
 
 __all__ = [
     "CheckpointError",

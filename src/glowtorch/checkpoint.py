@@ -28,8 +28,10 @@ __all__ = [
     "checkpoint_paths",
     "checkpoint_step",
     "holds_run",
+    "require_new_model_dir",
     "require_new_run",
     "load_model",
+    "load_pretrained",
     "load_training_state",
     "resolve_checkpoint",
     "rng_state",
@@ -61,6 +63,14 @@ def save_model(model: Glow, directory: str | Path, metadata: dict[str, str] | No
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=metadata or {}))
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text))
+    return directory
+
+
+def require_new_model_dir(directory: str | Path) -> Path:
+    """``directory`` as a ``Path``; ``ValueError`` if it already holds a model (its files are never overwritten)."""
+    directory = Path(directory)
+    if (directory / WEIGHTS_NAME).exists() or (directory / CONFIG_NAME).exists():
+        raise ValueError(f"{directory} already holds a model; choose a new --out folder")
     return directory
 
 
@@ -100,6 +110,14 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glo
         )
     model.load_state_dict(state)
     return model
+
+
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> Glow:
+    """The shipped model ``name`` (e.g. ``"mnist"``, ``"mnist-conditional"``) with its EMA weights, in eval mode.
+
+    Raises ``ValueError`` naming the shipped models for an unknown name.
+    """
+    return load_model(pretrained_dir(name), device=device).eval()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

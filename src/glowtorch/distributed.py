@@ -41,8 +41,20 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
-        return self.all_reduce_sum(tensor) / self.world_size
+    def from_main(self, value: float, device: str | torch.device | None = None) -> float:
+        """The main process's ``value`` on every process: how processes agree on one decision or number
+        (the precision, the paced schedule). ``value`` is ignored on the other processes."""
+        if not self.enabled:
+            return value
+        mine = torch.tensor([float(value) if self.is_main else 0.0], dtype=torch.float64, device=device or self.device)
+        return float(self.all_reduce_sum(mine).item())
+
+    def any(self, flag: bool, device: str | torch.device | None = None) -> bool:
+        """Whether ``flag`` is true on any process (a stop request seen by one stops all at the same step)."""
+        if not self.enabled:
+            return flag
+        mine = torch.tensor([1.0 if flag else 0.0], device=device or self.device)
+        return bool(self.all_reduce_sum(mine).item() > 0)
 
     def barrier(self) -> None:
         if self.enabled:

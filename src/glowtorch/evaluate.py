@@ -19,7 +19,7 @@ from .data import Dataset, step_generator
 from .distributed import Distributed
 from .files import atomic_write
 from .latent import check_images
-from .metrics import nll_bits_per_dim
+from .likelihood import nll_bits_per_dim
 from .model import Glow
 from .preprocess import dequantize
 

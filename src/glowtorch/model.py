@@ -98,6 +98,27 @@ class GlowConfig:
         c, h, w = self.image_shape
         return c * h * w
 
+    def check_class(self, label: int | float | None, what: str = "the class") -> int:
+        """``label`` as a class number of this class-conditional model; ``ValueError`` (naming it ``what``)
+        for an unconditional model or a label that is not one of its classes."""
+        if self.num_classes == 0:
+            raise ValueError(f"{what} needs a class-conditional model (trained with --conditional)")
+        try:
+            number = int(label)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or number != label or not 0 <= number < self.num_classes:
+            raise ValueError(f"{what}: pick a class from 0 to {self.num_classes - 1} (got {label})")
+        return number
+
+    def check_label_range(self, labels: Tensor) -> None:
+        """``ValueError`` when integer ``labels`` ``(N,)`` are not all classes of this model."""
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"labels run from {int(labels.min())} to {int(labels.max())}, but the model has classes 0 to "
+                f"{self.num_classes - 1}: use the labels it was trained with"
+            )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -247,7 +268,7 @@ class Glow(nn.Module):
                 "convert uint8 images with glowtorch.dequantize"
             )
 
-    def _layout(self, x: Tensor) -> Tensor:
+    def layout(self, x: Tensor) -> Tensor:
         """``x`` in the memory order the model computes in (NHWC with ``channels_last``)."""
         return x.contiguous(memory_format=torch.channels_last) if self.compute.channels_last else x
 
@@ -263,10 +284,7 @@ class Glow(nn.Module):
             y = y.expand(batch)
         if y.shape != (batch,) or y.is_floating_point():
             raise ValueError(f"y must be {batch} integer labels, got shape {tuple(y.shape)} dtype {y.dtype}")
-        if len(y) and (y.min() < 0 or y.max() >= self.config.num_classes):
-            raise ValueError(
-                f"labels must be in [0, {self.config.num_classes - 1}], got {y.min().item()}..{y.max().item()}"
-            )
+        self.config.check_label_range(y)
         return y
 
     # ----------------------------------------------------------------- priors
@@ -309,7 +327,7 @@ class Glow(nn.Module):
             actnorm.initialized.fill_(False)
             actnorm.initialize_next, actnorm.all_reduce_sum = True, all_reduce_sum
         try:
-            h = self._layout(x)
+            h = self.layout(x)
             for level, steps in enumerate(self.levels):
                 h, _ = self.squeeze(h)
                 h, _ = steps(h)
@@ -328,7 +346,7 @@ class Glow(nn.Module):
             self._check_input(x)
             y = self._check_labels(y, x.shape[0])
             self._require_initialized()
-        h = self._layout(x)
+        h = self.layout(x)
         zs: list[Tensor] = []
         logdet = x.new_zeros(x.shape[0])
         log_prior = x.new_zeros(x.shape[0])
@@ -389,13 +407,13 @@ class Glow(nn.Module):
         from now on; the first call compiles (a new temperature or batch size compiles again).
         Training compiles the loss instead (``TrainConfig.compile``)."""
         self._compiled_decode = torch.compile(self._decode, **options)
-        self._compiled_sample = torch.compile(self._sample_from_noise, **options)
+        self._compiled_sample = torch.compile(self.sample_from_noise, **options)
         return self
 
     def _decode(self, zs: list[Tensor]) -> Tensor:
-        return self._decode_levels(self._layout(zs[-1]), lambda level, h: self._layout(zs[level]))
+        return self.decode_levels(self.layout(zs[-1]), lambda level, h: self.layout(zs[level]))
 
-    def _decode_levels(self, h: Tensor, latent: Callable[[int, Tensor], Tensor]) -> Tensor:
+    def decode_levels(self, h: Tensor, latent: Callable[[int, Tensor], Tensor]) -> Tensor:
         """The top latent ``h`` to images, coarsest level first; ``latent(level, h)`` gives the latent
         that the split of ``level`` puts back beside ``h`` (the kept half)."""
         for level in reversed(range(len(self.levels))):
@@ -438,21 +456,21 @@ class Glow(nn.Module):
             torch.randn((n, *self.latent_shapes[i]), generator=generator, dtype=ref.dtype, device=ref.device)
             for i in reversed(range(len(self.latent_shapes)))
         ][::-1]
-        return (self._compiled_sample or self._sample_from_noise)(noise, temperatures, y)
+        return (self._compiled_sample or self.sample_from_noise)(noise, temperatures, y)
 
-    def _sample_from_noise(
+    def sample_from_noise(
         self, noise: list[Tensor], temperatures: list[float], y: Tensor | None
     ) -> tuple[list[Tensor], Tensor]:
         """Standard-normal ``noise`` (one per latent, finest first) to (latents, images): each latent is
         its prior's mean plus ``temperature * std * noise``, decoded in the same pass."""
-        h = self._layout(self._scaled(*self.top_prior_params(noise[-1].shape[0], y), temperatures[-1], noise[-1]))
+        h = self.layout(self._scaled(*self.top_prior_params(noise[-1].shape[0], y), temperatures[-1], noise[-1]))
         zs: list[Tensor] = [h] * len(self.latent_shapes)  # the top latent last; decoding fills the others
 
         def draw(level: int, kept: Tensor) -> Tensor:
-            zs[level] = self._scaled(*self.splits[level].prior(kept), temperatures[level], self._layout(noise[level]))
+            zs[level] = self._scaled(*self.splits[level].prior(kept), temperatures[level], self.layout(noise[level]))
             return zs[level]
 
-        return zs, self._decode_levels(h, draw)
+        return zs, self.decode_levels(h, draw)
 
     @staticmethod
     def _scaled(mean: Tensor, log_std: Tensor, temperature: float, eps: Tensor) -> Tensor:

@@ -18,7 +18,16 @@ import torch.nn.functional as F
 
 from .model import PRECISIONS, GlowConfig
 
-__all__ = ["PRECISION_CHOICES", "SPEEDUP_NEEDED", "PrecisionChoice", "choose", "probe_rates", "resolve_precision"]
+__all__ = [
+    "PRECISION_CHOICES",
+    "SPEEDUP_NEEDED",
+    "PrecisionChoice",
+    "check_precision",
+    "choose",
+    "has_bfloat16",
+    "probe_rates",
+    "resolve_precision",
+]
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 SPEEDUP_NEEDED = 1.2
@@ -123,22 +132,34 @@ def _median_seconds(
     return statistics.median(times)
 
 
+def has_bfloat16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 (every CPU does; GPUs from Ampere on)."""
+    return torch.device(device).type != "cuda" or torch.cuda.is_bf16_supported()
+
+
+def check_precision(precision: str, device: str | torch.device) -> None:
+    """``ValueError`` when ``device`` cannot compute in the ``precision`` asked for explicitly."""
+    if precision == "bfloat16" and not has_bfloat16(device):
+        raise ValueError("this GPU cannot compute in bfloat16: use --precision float32")
+
+
 def resolve_precision(
     precision: str, config: GlowConfig, device: str | torch.device = "cpu", batch: int = 16, dtype=torch.float32
 ) -> PrecisionChoice:
     """The concrete precision for ``precision`` ("auto", "float32" or "bfloat16") of a model of ``config``.
 
     "auto" probes this device (``probe_rates``); a GPU without bfloat16 and float64 models take float32
-    without probing.
+    without probing. "bfloat16" on a GPU without bfloat16 is a ``ValueError``.
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    device = torch.device(device)
+    check_precision(precision, device)
     if precision != "auto":
         return PrecisionChoice(precision, "set explicitly")
-    device = torch.device(device)
     if dtype == torch.float64:
         return PrecisionChoice("float32", "auto: a float64 model computes in float64")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if not has_bfloat16(device):
         return PrecisionChoice("float32", "auto: this GPU has no bfloat16")
     f32, bf16 = probe_rates(_coupling_shapes(config, min(batch, 16)), device)
     return PrecisionChoice(choose(f32, bf16), "auto", f32, bf16)

@@ -1,7 +1,8 @@
 """Pretrained models shipped inside the package: one folder per model holding ``config.json`` and
 ``model.safetensors`` (the EMA weights) and ``card.json`` (what was measured and how it was trained).
 
-Commands and :func:`glowtorch.load_model` take a shipped model as ``pretrained:NAME``. The prefix keeps the
+This package is the models' data and their names; :func:`glowtorch.load_pretrained` loads one. Commands
+and :func:`glowtorch.load_model` take a shipped model as ``pretrained:NAME``. The prefix keeps the
 two spellings apart: ``pretrained:mnist`` is always the shipped model, ``mnist`` or ``./mnist`` a local folder.
 """
 
@@ -11,11 +12,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import torch
-
-from ..model import Glow
-
-__all__ = ["PREFIX", "is_pretrained", "load_pretrained", "pretrained_card", "pretrained_dir", "pretrained_names"]
+__all__ = ["PREFIX", "is_pretrained", "pretrained_card", "pretrained_dir", "pretrained_names"]
 
 PREFIX = "pretrained:"
 
@@ -47,13 +44,3 @@ def pretrained_card(name: str) -> dict:
     """What ``card.json`` records of the shipped model ``name``: its test bits/dim (mean of several
     dequantization draws, median and worst image), parameter count, training command and CPU time."""
     return json.loads((pretrained_dir(name) / "card.json").read_text())
-
-
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> Glow:
-    """The shipped model ``name`` (e.g. ``"mnist"``, ``"mnist-conditional"``) with its EMA weights, in eval mode.
-
-    Raises ``ValueError`` naming the shipped models for an unknown name.
-    """
-    from ..checkpoint import load_model
-
-    return load_model(pretrained_dir(name), device=device).eval()

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, Dataset, folder_listing, load_dataset, read_celeba_attributes
-from .files import atomic_write
+from ..files import atomic_write
+from .dataset import DataError, Dataset
+from .image_files import first_image_size, folder_listing, read_image
+from .sources import CELEBA_ATTRIBUTES_FILE, SOURCES, celeba_split, load_source
 
-__all__ = ["MANIFEST", "open_store", "prepare_store"]
+__all__ = ["FORMAT", "MANIFEST", "VERSION", "ArrayWriter", "open_store", "prepare_store"]
 
 MANIFEST = "manifest.json"
 FORMAT = "glowtorch prepared store"
@@ -48,7 +50,7 @@ def _npy_header(shape: tuple[int, ...], length: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", length - 10) + (text + " " * room + "\n").encode("latin1")
 
 
-class _ArrayWriter:
+class ArrayWriter:
     """Appends uint8 images to a ``.npy`` file whose final count is at most ``capacity``."""
 
     def __init__(self, path: Path, capacity: int, image_shape: tuple[int, int, int]) -> None:
@@ -83,12 +85,10 @@ def _listing_checksum(paths: list[Path], root: Path) -> str:
 
 def _decode_chunk(task: tuple[list[str], int, int | None]) -> tuple[np.ndarray, list[int]]:
     """Worker: decodes image files to ``(k, C, S, S)`` uint8 and the positions that were readable."""
-    from .data import _read_image
-
     paths, channels, size = task
     images, kept = [], []
     for index, path in enumerate(paths):
-        image = _read_image(Path(path), channels, size)
+        image = read_image(Path(path), channels, size)
         if image is not None:
             images.append(image.numpy())
             kept.append(index)
@@ -126,17 +126,15 @@ def _file_split(dataset: str, root: Path, train: bool) -> tuple[list[Path], dict
     if dataset == "folder":
         files, labels, class_names = folder_listing(root, train)
         return files, {"labels": labels, "class_names": class_names}
-    files, names, values = read_celeba_attributes(root / "list_attr_celeba.txt")
-    cut = int(0.9 * len(files))
-    part = slice(0, cut) if train else slice(cut, None)
-    return [root / "img_align_celeba" / f for f in files[part]], {"attributes": values[part], "attribute_names": names}
+    files, names, values = celeba_split(root / CELEBA_ATTRIBUTES_FILE, train)
+    return [root / "img_align_celeba" / f for f in files], {"attributes": values, "attribute_names": names}
 
 
-def _write_split(folder: Path, images: np.ndarray | None, extras: dict, writer: _ArrayWriter | None = None) -> dict:
+def _write_split(folder: Path, images: np.ndarray | None, extras: dict, writer: ArrayWriter | None = None) -> dict:
     """Writes one split's arrays (``images`` in memory, or already streamed through ``writer``)."""
     folder.mkdir(parents=True, exist_ok=True)
     if writer is None:
-        writer = _ArrayWriter(folder / "images.npy", len(images), tuple(images.shape[1:]))
+        writer = ArrayWriter(folder / "images.npy", len(images), tuple(images.shape[1:]))
         for start in range(0, len(images), 4096):
             writer.write(images[start : start + 4096])
     writer.close()
@@ -171,6 +169,10 @@ def prepare_store(
     if dataset == "prepared":
         raise DataError("the dataset is already a prepared store")
     root = Path(data_dir) if data_dir else None
+    if dataset not in SOURCES:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(SOURCES)}")
+    if root is not None and not root.exists():
+        raise DataError(f"data directory {root} does not exist")
     decoded = dataset in ("folder", "celeba")
     if decoded and root is None:
         raise DataError(f"--data-dir is required to prepare {dataset}")
@@ -227,8 +229,8 @@ def _prepare_split(
         files, extras = listings[split]
         if not files:
             raise DataError(f"no images found for the {split} split in {root}")
-        size = image_size or (64 if dataset == "celeba" else _first_size(files, channels))
-        writer = _ArrayWriter(_mkdir(partial / split) / "images.npy", len(files), (channels, size, size))
+        size = image_size or (64 if dataset == "celeba" else min(first_image_size(files, channels)))
+        writer = ArrayWriter(_mkdir(partial / split) / "images.npy", len(files), (channels, size, size))
         kept: list[int] = []
         for images, positions in _decoded(pool, files, channels, size, split):
             writer.write(images)
@@ -243,7 +245,7 @@ def _prepare_split(
         entry = _write_split(partial / split, None, extras, writer)
         entry["skipped"] = skipped
     else:
-        data = load_dataset(dataset, root, train=split == "train", image_size=image_size, channels=channels)
+        data = load_source(dataset, root, train=split == "train", image_size=image_size, channels=channels)
         extras = {
             "labels": data.labels,
             "class_names": data.class_names,
@@ -258,15 +260,6 @@ def _prepare_split(
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _first_size(files: list[Path], channels: int) -> int:
-    from .data import _read_image
-
-    first = next((img for img in (_read_image(p, channels, None) for p in files[:50]) if img is not None), None)
-    if first is None:
-        raise DataError(f"no readable images among the first files of {files[0].parent}")
-    return min(first.shape[1:])
 
 
 # --------------------------------------------------------------------------- reading

@@ -1,0 +1,108 @@
+"""The ``glowtorch`` command: parses arguments and calls the library. Errors are one line and exit 1.
+
+Each command's flags sit beside the code that runs it, in the module of its theme; ``COMMANDS`` registers
+them in the order ``glowtorch --help`` lists them. The model and training flags of ``glowtorch train`` are
+derived from the fields of ``GlowConfig`` and ``TrainConfig``; the dataclasses validate the values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from ..allocator import keep_freed_memory
+from ..checkpoint import CheckpointError
+from ..data import DataError
+from ..files import first_line
+from ..model import NotInitializedError
+from . import datasets, evaluation, latent_space, models, training
+from .common import Parser, Shared, UsageError, add_config_flags, field_docs
+
+__all__ = ["COMMANDS", "UsageError", "add_config_flags", "build_parser", "field_docs", "main"]
+
+COMMANDS = (
+    training.add_train,
+    evaluation.add_evaluate,
+    latent_space.add_sample,
+    latent_space.add_encode,
+    latent_space.add_decode,
+    latent_space.add_temperatures,
+    latent_space.add_interpolate,
+    latent_space.add_directions,
+    latent_space.add_manipulate,
+    evaluation.add_score,
+    training.add_fit_class_prior,
+    training.add_plot,
+    datasets.add_prepare,
+    models.add_demo,
+    models.add_pretrained,
+    training.add_presets,
+)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="glowtorch", description="Glow: generative flow with invertible 1x1 convolutions")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    shared = Shared.build()
+    for add in COMMANDS:
+        add(sub, shared)
+    return parser
+
+
+NUMBER_LIST = re.compile(r"^-?[\d.]+(e-?\d+)?(,\s*-?[\d.]+(e-?\d+)?)*$")
+
+
+def _join_negative_lists(argv: list[str]) -> list[str]:
+    """``--scales -1,0,1`` -> ``--scales=-1,0,1``: argparse would read "-1,0,1" as an option."""
+    out: list[str] = []
+    for token in argv:
+        if (
+            out
+            and out[-1].startswith("--")
+            and "=" not in out[-1]
+            and token.startswith("-")
+            and NUMBER_LIST.match(token)
+        ):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def quiet_third_party_warnings() -> None:
+    """Keeps PyTorch's own deprecation notices (FutureWarning from its modules, e.g. its compiler) out of the
+    user's terminal; every other warning is shown as usual."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_lists(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    keep_freed_memory()
+    quiet_third_party_warnings()
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # the reader went away (``glowtorch presets | head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
+    except (
+        UsageError,
+        DataError,
+        CheckpointError,
+        NotInitializedError,
+        FloatingPointError,
+        ValueError,
+        OSError,
+    ) as error:
+        print(f"glowtorch: error: {first_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("glowtorch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

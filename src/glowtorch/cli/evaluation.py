@@ -1,0 +1,99 @@
+"""Commands that score images: ``evaluate`` (a dataset's bits/dim) and ``score`` (per-image, for OOD)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..checkpoint import load_model
+from ..data import DATASETS, load_dataset_for
+from .common import Shared, UsageError, output_path, positive_int
+
+__all__ = ["add_evaluate", "add_score"]
+
+
+def add_evaluate(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    e = sub.add_parser("evaluate", help="test bits/dim of a checkpoint",
+                       parents=[shared.model, shared.dataset, shared.device, shared.progress])  # fmt: skip
+    e.add_argument("--split", choices=["test", "train"], default="test")
+    e.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
+    e.add_argument("--batch-size", type=positive_int, default=500)
+    e.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
+    e.add_argument("--round-trip", action="store_true",
+                   help="also report how exactly the model inverts these images (encode, then decode)")  # fmt: skip
+    e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluate import evaluate_bits_per_dim
+
+    model = load_model(args.checkpoint, device=args.device)
+    data = load_dataset_for(model.config.image_shape, args.dataset, args.data_dir, train=args.split == "train")
+    result = evaluate_bits_per_dim(
+        model, data, args.batch_size, args.draws, seed=args.seed, progress=not args.no_progress
+    )
+    line = (
+        f"{args.dataset} {args.split}: {result['test_bpd']:.4f} bits/dim over {len(data)} images, {args.draws} draw(s)"
+    )
+    if "test_accuracy" in result:
+        line += (f"; latent classifier accuracy {result['test_accuracy']:.4f}, "
+                 f"highest p(x | y) {result['test_accuracy_likelihood']:.4f}")  # fmt: skip
+    print(line)
+    print(
+        f"per image: median {result['test_bpd_median']:.4f}, "
+        f"worst {result['test_bpd_max']:.4f} (image {result['test_worst_image']})"
+    )
+    if args.round_trip:
+        from ..latent import round_trip_report
+
+        labels = data.labels if model.config.num_classes else None
+        report = round_trip_report(model, data.images, labels)
+        dtype = str(model.top_prior.dtype).removeprefix("torch.")
+        print(
+            f"round trip in {dtype}: {report['float64_images']} of {report['images']} images need float64 "
+            f"({report['wrong_pixels']} wrong pixels without it); worst error {report['worst_error']:.3g} "
+            f"(image {report['worst_image']}), {report['amplification']:.3g}x the {dtype} rounding; "
+            f"exact paths: {report['exact_wrong_pixels']} wrong pixels"
+        )
+    return 0
+
+
+def add_score(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    sc = sub.add_parser("score", help="per-image bits/dim of test sets (CSV + histogram), e.g. for OOD",
+                        parents=[shared.model, shared.device])  # fmt: skip
+    sc.add_argument("--dataset", action="append", required=True, metavar="NAME[=DIR]",
+                    help="a dataset's test split, optionally with its folder; repeat to compare")  # fmt: skip
+    sc.add_argument("--limit", type=positive_int, help="score only the first N images of each")
+    sc.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
+    sc.add_argument("--batch-size", type=positive_int, default=500)
+    sc.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
+    sc.add_argument("--output", "-o", default="scores.csv")
+    sc.add_argument("--histogram", help="default: the CSV path with .png")
+    sc.set_defaults(func=cmd_score)
+
+
+def cmd_score(args) -> int:
+    from ..evaluate import score_images, write_scores
+    from ..plots import plot_score_histogram
+
+    model = load_model(args.checkpoint, device=args.device)
+    scores = {}
+    names = [spec.partition("=")[0] for spec in args.dataset]
+    for spec in args.dataset:
+        name, _, data_dir = spec.partition("=")
+        label = name if names.count(name) == 1 else f"{name}:{Path(data_dir).name or data_dir}"
+        if name not in DATASETS:
+            raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        data = load_dataset_for(model.config.image_shape, name, data_dir or None, train=False)
+        images, labels = data.images[: args.limit], data.labels
+        if model.config.num_classes and labels is None:
+            raise UsageError(f"the model is class-conditional and {name} has no labels")
+        labels = labels[: len(images)] if model.config.num_classes else None
+        scores[label] = score_images(model, images, labels, args.batch_size, args.draws, args.seed).bits_per_dim
+    csv_path = write_scores(output_path(args.output), scores)
+    histogram = Path(args.histogram) if args.histogram else csv_path.with_suffix(".png")
+    plot_score_histogram(scores, output_path(str(histogram)))
+    for spec, values in scores.items():
+        print(f"{spec}: {len(values)} images, mean {values.mean():.4f} bits/dim, median {values.median():.4f}")
+    print(f"wrote {csv_path} and {histogram}")
+    return 0

@@ -1,0 +1,232 @@
+"""Commands on the latent space: ``sample``, ``temperatures``, ``encode``, ``decode``, ``interpolate``,
+``directions`` and ``manipulate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..data import load_dataset_for
+from ..files import ensure_writable_dir
+from ..pretrained import is_pretrained
+from .common import Shared, UsageError, class_labels, float_list, output_path, positive_int, signed_float_list
+
+__all__ = [
+    "add_decode",
+    "add_directions",
+    "add_encode",
+    "add_interpolate",
+    "add_manipulate",
+    "add_sample",
+    "add_temperatures",
+]
+
+
+def add_sample(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    s = sub.add_parser("sample", help="a PNG grid of samples",
+                       parents=[shared.model, shared.label, shared.scale, shared.device, shared.precision])  # fmt: skip
+    s.add_argument("--n", type=positive_int, default=64)
+    s.add_argument("--temperature", type=float_list, default=[0.7], help="one value, or one per level (finest first)")
+    s.add_argument("--columns", type=positive_int)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output", "-o", default="samples.png")
+    s.add_argument("--compile", action="store_true", help="torch.compile the decoder (pays off for large --n)")
+    s.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    from ..images import save_grid
+    from ..preprocess import to_uint8
+
+    model = _sampling_model(args, args.n)
+    temperature = args.temperature[0] if len(args.temperature) == 1 else args.temperature
+    y = class_labels(model, args.label, args.n)
+    output = output_path(args.output)
+    if args.compile:
+        model.compile_decode()
+    x = model.sample(args.n, temperature, y=y, generator=torch.Generator().manual_seed(args.seed))
+    save_grid(to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits), output, columns=args.columns, scale=args.scale)
+    print(f"wrote {args.n} samples at temperature {args.temperature} to {output}")
+    return 0
+
+
+def _sampling_model(args, batch: int):
+    """The checkpoint's model with ``--precision`` resolved for sampling (its choice printed)."""
+    from ..precision import resolve_precision
+
+    model = load_model(args.checkpoint, device=args.device)
+    choice = resolve_precision(args.precision, model.config, args.device, batch)
+    print(choice.summary())
+    return model.set_compute(precision=choice.precision)
+
+
+def add_temperatures(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    parents = [shared.model, shared.label, shared.scale, shared.device, shared.precision]
+    te = sub.add_parser("temperatures", help="a grid of samples, one row per temperature", parents=parents)
+    te.add_argument("--temperatures", type=float_list, default=[0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0])
+    te.add_argument("--n", type=positive_int, default=8, help="samples per row")
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--output", "-o", default="temperatures.png")
+    te.set_defaults(func=cmd_temperatures)
+
+
+def cmd_temperatures(args) -> int:
+    from ..images import save_grid
+    from ..latent import temperature_grid
+
+    model = _sampling_model(args, args.n)
+    output = output_path(args.output)
+    generator = torch.Generator(device=model.top_prior.device).manual_seed(args.seed)
+    grid = temperature_grid(model, args.temperatures, args.n, generator, y=class_labels(model, args.label, args.n))
+    save_grid(grid, output, columns=args.n, scale=args.scale)
+    print(f"wrote {len(args.temperatures)} rows (temperatures {args.temperatures}) of {args.n} samples to {output}")
+    return 0
+
+
+def add_encode(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    en = sub.add_parser("encode", help="images to latents (exact; no dequantization noise)",
+                        parents=[shared.model, shared.label, shared.device])  # fmt: skip
+    en.add_argument("images", nargs="+", help="image files of the model's size and channel count")
+    en.add_argument("--output", "-o", default="latents.safetensors")
+    en.set_defaults(func=cmd_encode)
+
+
+def cmd_encode(args) -> int:
+    from ..checkpoint import resolve_checkpoint
+    from ..data import read_image_files
+    from ..latent import encode_images, write_latents
+
+    checkpoint = args.checkpoint if is_pretrained(args.checkpoint) else resolve_checkpoint(args.checkpoint)
+    model = load_model(checkpoint, device=args.device)
+    images = read_image_files(args.images, model.config.image_shape)
+    y = class_labels(model, args.label, len(images))
+    zs = encode_images(model, images, y)
+    names = [Path(p).stem for p in args.images]
+    write_latents(output_path(args.output), model, zs, y, names, checkpoint)
+    print(f"wrote latents of {len(images)} image(s), {len(zs)} levels, to {args.output}")
+    return 0
+
+
+def add_decode(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    de = sub.add_parser("decode", help="latents to images (one PNG per image)", parents=[shared.device])
+    de.add_argument("latents", help="a file written by glowtorch encode")
+    de.add_argument("--checkpoint", help="default: the checkpoint the latents were encoded with")
+    de.add_argument("--label", type=int, help="class-conditional models: decode each image's handwriting (its "
+                    "standardized latents) under this class instead of its own")  # fmt: skip
+    de.add_argument("--output", "-o", default="decoded")
+    de.set_defaults(func=cmd_decode)
+
+
+def cmd_decode(args) -> int:
+    from ..images import save_grid
+    from ..latent import decode_images, read_latents, relabel_images
+
+    latents = read_latents(args.latents)
+    checkpoint = args.checkpoint or latents.checkpoint
+    if not checkpoint:
+        raise UsageError(f"{args.latents} names no checkpoint; pass --checkpoint")
+    model = load_model(checkpoint, device=args.device)
+    latents.check_model(model, args.latents)
+    if args.label is None:
+        images = decode_images(model, latents.zs, latents.y)
+    elif latents.y is None:
+        raise UsageError(f"{args.latents} holds no classes: --label needs latents of a class-conditional model")
+    else:  # the same handwriting under another class
+        images = relabel_images(model, latents.zs, latents.y, args.label)
+    out = ensure_writable_dir(Path(args.output))
+    for name, image in zip(latents.names, images, strict=True):
+        save_grid(image.unsqueeze(0), out / f"{name}.png", columns=1, padding=0)
+    print(f"wrote {len(images)} image(s) to {out}")
+    return 0
+
+
+def add_interpolate(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    ip = sub.add_parser("interpolate", help="interpolate two images in latent space (PNG strip, GIF)",
+                        parents=[shared.model, shared.label, shared.scale, shared.device])  # fmt: skip
+    ip.add_argument("image_a")
+    ip.add_argument("image_b")
+    ip.add_argument("--steps", type=positive_int, default=8)
+    ip.add_argument("--method", choices=["linear", "slerp"], default="linear")
+    ip.add_argument("--output", "-o", default="interpolation.png")
+    ip.add_argument("--gif", help="also write an animated GIF here")
+    ip.set_defaults(func=cmd_interpolate)
+
+
+def cmd_interpolate(args) -> int:
+    from ..data import read_image_files
+    from ..images import save_gif, save_grid
+    from ..latent import interpolate
+
+    model = load_model(args.checkpoint, device=args.device)
+    images = read_image_files([args.image_a, args.image_b], model.config.image_shape)
+    output = output_path(args.output)
+    y = class_labels(model, args.label, 1)
+    frames = interpolate(model, images[0], images[1], args.steps, args.method, y)
+    save_grid(frames, output, columns=args.steps, scale=args.scale)
+    if args.gif:
+        save_gif(frames, output_path(args.gif), scale=args.scale)
+    print(
+        f"wrote a {args.steps}-step {args.method} interpolation to {output}" + (f" and {args.gif}" if args.gif else "")
+    )
+    return 0
+
+
+def add_directions(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    di = sub.add_parser("directions", help="attribute directions from a labeled dataset",
+                        parents=[shared.model, shared.dataset, shared.device])  # fmt: skip
+    di.add_argument("--limit", type=positive_int, help="use only the first N training images")
+    di.add_argument("--output", "-o", default="directions.safetensors")
+    di.set_defaults(func=cmd_directions)
+
+
+def cmd_directions(args) -> int:
+    from ..latent import attribute_directions, write_directions
+
+    model = load_model(args.checkpoint, device=args.device)
+    data = load_dataset_for(model.config.image_shape, args.dataset, args.data_dir, train=True)
+    names, table = data.attribute_table()
+    if args.limit:
+        data.images, table = data.images[: args.limit], table[: args.limit]
+    keep = [i for i in range(len(names)) if 0 < int(table[:, i].sum()) < len(table)]
+    if not keep:
+        raise UsageError("no attribute has both images with it and images without it")
+    labels = None
+    if model.config.num_classes:  # each image's latent under its own class
+        if data.labels is None:
+            raise UsageError(f"the model is class-conditional and {args.dataset} has no labels")
+        labels = data.labels[: len(data.images)]
+    directions = attribute_directions(model, data.images, table[:, keep], labels)
+    write_directions(output_path(args.output), model, directions, [names[i] for i in keep], args.dataset)
+    print(f"wrote {len(keep)} attribute directions ({', '.join(names[i] for i in keep[:8])}...) to {args.output}")
+    return 0
+
+
+def add_manipulate(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    ma = sub.add_parser("manipulate", help="move an image along an attribute direction",
+                        parents=[shared.model, shared.label, shared.scale, shared.device])  # fmt: skip
+    ma.add_argument("image")
+    ma.add_argument("--direction", required=True, help="a file written by glowtorch directions")
+    ma.add_argument("--attribute", required=True, help="e.g. Smiling (CelebA) or 3 (a class name)")
+    ma.add_argument("--scales", type=signed_float_list, default=[-1.0, -0.5, 0.0, 0.5, 1.0])
+    ma.add_argument("--output", "-o", default="manipulation.png")
+    ma.set_defaults(func=cmd_manipulate)
+
+
+def cmd_manipulate(args) -> int:
+    from ..data import read_image_files
+    from ..images import save_grid
+    from ..latent import manipulate, read_directions
+
+    model = load_model(args.checkpoint, device=args.device)
+    directions = read_directions(args.direction, model)
+    if args.attribute not in directions:
+        raise UsageError(f"unknown attribute {args.attribute!r}; {args.direction} has: {', '.join(directions)}")
+    image = read_image_files([args.image], model.config.image_shape)[0]
+    output = output_path(args.output)
+    frames = manipulate(model, image, directions[args.attribute], args.scales, class_labels(model, args.label, 1))
+    save_grid(frames, output, columns=len(args.scales), scale=args.scale)
+    print(f"wrote {args.attribute} at scales {args.scales} to {output}")
+    return 0

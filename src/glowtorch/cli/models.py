@@ -1,0 +1,54 @@
+"""Commands about models as a whole: ``demo`` (the browser page) and ``pretrained`` (the shipped models)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import DATASETS
+from ..pretrained import pretrained_card, pretrained_names
+from .common import Shared, UsageError, positive_int
+
+__all__ = ["add_demo", "add_pretrained"]
+
+
+def add_demo(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    dm = sub.add_parser("demo", help="explore a model in the browser (a local web page)",
+                        parents=[shared.device, shared.progress])  # fmt: skip
+    dm.add_argument("checkpoint", nargs="?", help="model directory, run directory or pretrained:NAME "
+                    "(default: pretrained:mnist)")  # fmt: skip
+    dm.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    dm.add_argument("--port", type=positive_int, default=7860)
+    dm.add_argument("--dataset", choices=sorted(DATASETS), help="score its test split and compute directions "
+                    "from its training split once (cached in the model folder's demo/), for models that lack "
+                    "them")  # fmt: skip
+    dm.add_argument("--data-dir", help="folder holding the dataset's files")
+    dm.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("the demo needs Gradio: pip install 'glowtorch[demo]'")
+    from ..demo import Explorer, launch
+
+    checkpoint = args.checkpoint or "pretrained:mnist"
+    explorer = Explorer.from_checkpoint(checkpoint, args.dataset, args.data_dir, args.device, not args.no_progress)
+    print(f"serving {checkpoint} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    launch(explorer, args.host, args.port, quiet=True)
+    return 0
+
+
+def add_pretrained(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    sub.add_parser("pretrained", help="list the shipped pretrained models").set_defaults(func=cmd_pretrained)
+
+
+def cmd_pretrained(args) -> int:
+    for name in pretrained_names():
+        card = pretrained_card(name)
+        print(
+            f"pretrained:{name:18s} {card['test_bpd']:.4f} bits/dim on the {card['dataset']} test set, "
+            f"{card['parameters'] / 1e6:.2f}M parameters, {card['cpu_hours']:.1f} CPU-hours; trained with: "
+            f"{card['command']}"
+        )
+    return 0
