@@ -60,3 +60,30 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+def grid_cells(path, rows: int, columns: int, side: int, scale: int = 1, padding: int = 2):
+    """The cells of a PNG grid written by ``save_grid`` as ``(rows * columns, side, side[, C])`` arrays, after
+    checking the grid's exact size and that its padding is black."""
+    import numpy as np
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path))
+    step = side + padding
+    assert picture.shape[:2] == ((rows * step + padding) * scale, (columns * step + padding) * scale)
+    picture = picture[::scale, ::scale]
+    cells, background = [], picture.copy()
+    for row in range(rows):
+        for col in range(columns):
+            top, left = padding + row * step, padding + col * step
+            cells.append(picture[top : top + side, left : left + side].copy())
+            background[top : top + side, left : left + side] = 0
+    assert not background.any(), "the padding is black"
+    return np.stack(cells)
+
+
+def assert_distinct_cells(cells) -> None:
+    """No cell is blank (all padding-black) and no two cells are the same picture."""
+    flat = cells.reshape(len(cells), -1)
+    assert (flat.max(1) > 0).all(), "a cell is blank"
+    assert len({row.tobytes() for row in flat}) == len(flat), "two cells are the same picture"

@@ -7,10 +7,10 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_distinct_cells, grid_cells
 from glowtorch.cli import main
 from test_data import make_mnist
 
@@ -36,8 +36,11 @@ def test_train_writes_everything(trained_run) -> None:
     assert [m["step"] for m in lines] == [3, 6]
     assert all(0 < m["test_bpd"] < 20 for m in lines)
     assert sorted(p.name for p in (trained_run / "samples").iterdir()) == ["step_00000003.png", "step_00000006.png"]
-    grid = Image.open(trained_run / "samples" / "step_00000006.png")
-    assert grid.size[1] > grid.size[0] / 10  # two rows of ten 8x8 samples
+    # two rows (temperatures 0 and 0.7) of ten 8x8 samples, each pixel 2x2: the T=0 row is the mode ten
+    # times, the T=0.7 row ten different samples
+    cells = grid_cells(trained_run / "samples" / "step_00000006.png", rows=2, columns=10, side=8, scale=2)
+    assert all((cell == cells[0]).all() for cell in cells[:10])
+    assert_distinct_cells(cells[10:])
     assert sorted(p.name for p in (trained_run / "model").iterdir()) == ["config.json", "model.safetensors"]
     assert len(list((trained_run / "checkpoints").glob("*.pt"))) == 2
     assert json.loads((trained_run / "train_config.json").read_text())["steps"] == 6
@@ -100,9 +103,7 @@ def test_sample_writes_png(trained_run, tmp_path, capsys) -> None:
     out = tmp_path / "grid.png"
     code, _, _ = run(capsys, "sample", trained_run, "--n", "6", "--columns", "3", "--temperature", "0.5", "-o", out)
     assert code == 0
-    image = Image.open(out)
-    assert image.size == (3 * 10 + 2, 2 * 10 + 2)
-    assert np.asarray(image).std() > 0
+    assert_distinct_cells(grid_cells(out, rows=2, columns=3, side=8))
 
 
 def test_resume_warns_when_new_options_raise_the_learning_rate(tmp_path, capsys) -> None:

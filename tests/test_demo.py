@@ -10,6 +10,8 @@ from PIL import Image
 from conftest import randomize
 from glowtorch import Glow, GlowConfig
 from glowtorch.demo import DemoError, Explorer, prepare_image, show
+from glowtorch.demo.explorer import READ_DRAWS
+from glowtorch.evaluate import score_images
 from glowtorch.latent import write_directions
 
 
@@ -123,6 +125,9 @@ def test_reading_an_image_reconstructs_it_exactly_and_places_its_score(explorer)
     reading = explorer.read(image)
     assert torch.equal(reading.reconstruction, image)
     assert np.isfinite(reading.bits_per_dim) and 0 <= reading.percentile <= 100
+    # the one scoring function's value, the page's number of draws
+    scored = score_images(explorer.model, image.unsqueeze(0), draws=READ_DRAWS).bits_per_dim[0].item()
+    assert reading.bits_per_dim == scored
     expected = 100.0 * float((explorer.test_scores < reading.bits_per_dim).sum()) / len(explorer.test_scores)
     assert reading.percentile == pytest.approx(expected, abs=0.2)
     picture = explorer.histogram(reading.bits_per_dim)

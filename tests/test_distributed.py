@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.testing import assert_close
 
-from glowtorch import GlowConfig, load_model
+from glowtorch import Glow, GlowConfig, load_model
 from glowtorch.data import load_dataset
 from glowtorch.distributed import Distributed, init_distributed, shutdown
 from glowtorch.evaluate import evaluate_bits_per_dim
@@ -67,11 +67,16 @@ def runs(tmp_path_factory):
 
 def test_actnorm_init_equals_single_process_on_concatenated_batch(runs) -> None:
     out, init, _, _ = runs
+    from glowtorch.layers import ActNorm
+
+    actnorm = [f"{prefix}.{name}" for prefix, module in Glow(MODEL).named_modules() if isinstance(module, ActNorm)
+               for name, _ in module.named_parameters(recurse=False)]  # fmt: skip
+    assert len(actnorm) == 24  # the flow steps' ActNorms and their coupling networks' (bias and log-scale each)
     for rank in (0, 1):
         state = torch.load(out / f"init_{rank}.pt", weights_only=True)
-        for name, tensor in init.items():
-            if "actnorm" in name or name.endswith(("bias", "log_scale")) and "layers.0" in name:
-                assert_close(state[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+        for name in actnorm:
+            assert not torch.equal(init[name], torch.zeros_like(init[name])), f"{name} was initialized"
+            assert_close(state[name], init[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_parameters_and_test_bpd_match_single_process(runs) -> None:

@@ -178,13 +178,20 @@ def test_temperature_scales_latent_deviation_from_prior_mean() -> None:
     mean_top, log_std_top = model.top_prior_params(4, None)
     assert_close(zs_half[-1] - mean_top, 0.5 * (zs_one[-1] - mean_top))
     assert_close(zs_zero[-1], mean_top)
-    # Finer level: deviation from its own conditional mean equals T * std * eps.
-    kept = model.squeeze.inverse(model.levels[1].inverse(zs_half[-1])[0])[0]
-    mean, log_std = model.splits[0].prior(kept)
     eps = (zs_one[-1] - mean_top) / torch.exp(log_std_top)
     assert eps.std() > 0.3
-    noise_fine = (zs_half[0] - mean) / torch.exp(log_std) / 0.5
-    assert 0.5 < noise_fine.std() < 1.6
+
+    # Finer level: with the same noise, the deviation from its own conditional mean, in units of its own
+    # std, at T=0.5 is exactly half that at T=1 (the conditional mean moves with the top latent).
+    def standardized_fine(zs: list[torch.Tensor]) -> torch.Tensor:
+        kept = model.squeeze.inverse(model.levels[1].inverse(zs[-1])[0])[0]
+        mean, log_std = model.splits[0].prior(kept)
+        return (zs[0] - mean) / torch.exp(log_std)
+
+    noise = standardized_fine(zs_one)
+    assert noise.std() > 0.3
+    assert_close(standardized_fine(zs_half), 0.5 * noise, rtol=0, atol=1e-10)
+    assert_close(standardized_fine(zs_zero), torch.zeros_like(noise), rtol=0, atol=1e-10)
 
 
 def test_per_level_temperatures() -> None:
@@ -215,6 +222,28 @@ def test_class_conditional_model() -> None:
         model.log_prob(x)
     with pytest.raises(ValueError, match="class-conditional"):
         random_model().classify(x)
+
+
+def test_classifier_and_its_term_in_the_training_loss() -> None:
+    """classify(x) is a linear map of the top latent's mean over positions, and the training loss adds
+    weight_y times its cross-entropy in bits per image (reference code), computed here by hand."""
+    import math
+
+    from glowtorch.likelihood import nll_bits_per_dim
+    from glowtorch.train import TrainingObjective
+
+    model = random_model(num_classes=4)
+    x, y = images(3), torch.tensor([2, 0, 3])
+    zs, _ = model.encode(x, torch.zeros(3, dtype=torch.long))  # the top latent does not depend on y
+    pooled = zs[-1].mean(dim=(2, 3))  # (B, C_top)
+    logits = pooled @ model.classifier.weight.T + model.classifier.bias
+    assert_close(model.classify(x), logits, rtol=0, atol=1e-12)
+    bpd = nll_bits_per_dim(model.log_prob(x, y), model.config.num_dims, model.config.n_bits)
+    cross_entropy = -(logits.log_softmax(1)[torch.arange(3), y]).mean()
+    for weight_y in (0.0, 0.01, 2.5):
+        loss, per_image = TrainingObjective(model, weight_y)(x, y)
+        assert_close(per_image, bpd, rtol=0, atol=1e-12)
+        assert_close(loss, bpd.mean() + weight_y * cross_entropy / math.log(2.0), rtol=0, atol=1e-12)
 
 
 def test_channel_class_prior_shifts_whole_channels_and_spatial_one_gives_every_position_its_own() -> None:

@@ -86,8 +86,13 @@ def test_the_choice_is_printed_and_recorded_and_kept_on_resume(tmp_path, capsys,
     # a model trained in bfloat16 round-trips exactly: the latent tools run its networks in full precision
     model = load_model(run_dir).set_compute(precision="bfloat16")
     images = load_dataset("digits", train=False).images[:64]
-    assert torch.equal(decode_images(model, encode_images(model, images)), images)
+    latents = encode_images(model, images)
+    assert torch.equal(decode_images(model, latents), images)
     assert model.compute.precision == "bfloat16"  # and leave the setting as it was
+    # bit for bit the float32 model's latents: the bfloat16 setting did not reach the networks
+    full = load_model(run_dir)
+    for z, z_full in zip(latents, encode_images(full, images), strict=True):
+        assert torch.equal(z, z_full)
 
 
 def test_sampling_commands_resolve_auto(tmp_path, capsys, monkeypatch) -> None:

@@ -165,3 +165,55 @@ def test_same_handwriting_another_digit_from_the_command_line(tmp_path, capsys) 
     assert run(capsys, "encode", "pretrained:mnist", seven, "-o", plain)[0] == 0
     code, _, err = run(capsys, "decode", plain, "--label", "1", "-o", tmp_path / "bad")
     assert code == 1 and "holds no classes" in err
+
+
+# Per-image bits/dim (4 draws, seed 1234) of handwritten_digits() under the shipped weights, measured once:
+# the weights are fixed, so a damaged or differently loaded model moves them.
+GOLDEN_DIGITS = {"mnist": [1.0856, 0.4031, 0.9645, 1.2666], "mnist-conditional": [1.1389, 0.4170, 1.1178, 1.3969]}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_models_score_fixed_digits_as_measured(name: str) -> None:
+    from glowtorch.evaluate import score_images
+
+    model = glowtorch.load_pretrained(name)
+    labels = torch.tensor([0, 1, 7, 3]) if model.config.num_classes else None
+    scores = score_images(model, handwritten_digits(), labels, draws=4).bits_per_dim
+    assert scores.tolist() == pytest.approx(GOLDEN_DIGITS[name], abs=2e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_card_figure_recomputed_on_the_shipped_test_images(name: str) -> None:
+    """The card's test bits/dim is the mean of the shipped per-image test scores, and 32 of those scores
+    (the shipped example test images) are recomputed here from the weights with the same noise."""
+    from glowtorch.data import step_generator
+    from glowtorch.evaluate import NOISE_BLOCK
+    from glowtorch.likelihood import nll_bits_per_dim
+    from glowtorch.reference import read_test_scores
+
+    card = pretrained_card(name)
+    scores, examples = read_test_scores(pretrained_dir(name) / "test_scores.safetensors")
+    assert len(scores) == 10000 and scores.double().mean().item() == pytest.approx(card["test_bpd"], abs=1e-6)
+    # The examples are test images order[:32] of a seed-0 permutation; image i's noise of draw d is row
+    # i % 500 of its block's draw (evaluate.score_images, seed 1234).
+    indices = torch.randperm(len(scores), generator=torch.Generator().manual_seed(0))[: len(examples)]
+    model = glowtorch.load_pretrained(name)
+    total = torch.zeros(len(examples), max(1, model.config.num_classes), dtype=torch.float64)
+    for draw in range(card["draws"]):
+        noise = []
+        for i in indices.tolist():
+            first = i - i % NOISE_BLOCK
+            block_generator = step_generator(1234, first, stream=100 + draw)
+            noise.append(torch.rand((NOISE_BLOCK, 1, 28, 28), generator=block_generator)[i - first])
+        x = dequantize(examples, 8, noise=torch.stack(noise))
+        with torch.no_grad():
+            y = torch.zeros(len(x), dtype=torch.long) if model.config.num_classes else None
+            zs, logdet, log_prior = model(x, y)
+            log_p = (log_prior + logdet)[:, None]
+            if y is not None:  # under every class (the examples carry no labels): only the top prior changes
+                by_class = model.class_log_likelihoods(zs[-1])
+                log_p = log_p + by_class - by_class[:, :1]
+            total += nll_bits_per_dim(log_p, 784, 8).double()
+    recomputed = total / card["draws"]
+    error = (recomputed - scores[indices].double()[:, None]).abs().min(1).values  # its own class: the closest
+    assert error.max() < 1e-4

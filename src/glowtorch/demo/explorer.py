@@ -15,16 +15,17 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import load_model, resolve_checkpoint
+from ..evaluate import score_images
 from ..latent import change_class, decode_images, encode_images, mix_latents, read_directions
-from ..likelihood import nll_bits_per_dim
 from ..model import Glow
-from ..preprocess import dequantize, to_uint8
+from ..preprocess import to_uint8
 from ..reference import build_reference, find_reference_files, read_test_scores
 from .inputs import DemoError, finite_number, prepare_image, unit_number
 
 __all__ = ["MAX_SAMPLES", "Explorer", "Reading"]
 
 MAX_SAMPLES = 64
+READ_DRAWS = 4  # dequantization draws averaged for an image's bits/dim
 
 
 @dataclass
@@ -119,16 +120,11 @@ class Explorer:
         return self._latents[key]
 
     def read(self, image: Tensor, label: int | None = None) -> Reading:
-        """Exact reconstruction, bits/dim (mean of 4 fixed dequantization draws) and where it falls
-        among the test set's scores."""
+        """Exact reconstruction, bits/dim (``evaluate.score_images``: the mean of ``READ_DRAWS`` fixed
+        dequantization draws) and where it falls among the test set's scores."""
         y = self._label(label)
         reconstruction = decode_images(self.model, self.latents(image, label), y)[0]
-        noise = torch.rand((4, *image.shape), generator=torch.Generator().manual_seed(0))
-        x = dequantize(image.expand(4, *image.shape), self.model.config.n_bits, noise=noise)
-        with torch.inference_mode():
-            log_p = self.model.log_prob(x.to(self.model.top_prior), None if y is None else y.expand(4))
-        config = self.model.config
-        bpd = nll_bits_per_dim(log_p.double(), config.num_dims, config.n_bits).mean().item()
+        bpd = score_images(self.model, image.unsqueeze(0), y, draws=READ_DRAWS).bits_per_dim[0].item()
         percentile, verdict = None, "no test-set scores for this model: start the demo with --dataset to compare"
         if self.test_scores is not None:
             scores = self.test_scores
