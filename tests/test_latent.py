@@ -24,6 +24,7 @@ from glowtorch.latent import (
     encode_images,
     interpolate,
     manipulate,
+    mix_latents,
     model_fingerprint,
     slerp,
     standard_noise,
@@ -76,6 +77,20 @@ def test_slerp_properties() -> None:
     unit_a, unit_b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
     assert_close(slerp(unit_a, unit_b, 0.3).norm(dim=1), torch.ones(3))
     assert_close(slerp(a, 2 * a, 0.5), 1.5 * a)  # parallel: falls back to linear
+    # Vectors of length 3 at 60 degrees: halfway is the direction at 30 degrees, still of length 3.
+    at_0, at_60 = torch.tensor([[3.0, 0.0]]), 3.0 * torch.tensor([[0.5, 3**0.5 / 2]])
+    assert_close(slerp(at_0, at_60, 0.5), 3.0 * torch.tensor([[3**0.5 / 2, 0.5]]))
+
+
+def test_mix_latents_follows_the_path_it_is_asked_for() -> None:
+    za = [torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 2.0]])]
+    zb = [3.0 * torch.tensor([[0.5, 3**0.5 / 2]]), torch.tensor([[3.0, -2.0]])]
+    linear = mix_latents(za, zb, [0.5], "linear")
+    spherical = mix_latents(za, zb, [0.5], "slerp")
+    for level, (a, b) in enumerate(zip(za, zb, strict=True)):
+        assert_close(linear[level], (a + b) / 2)
+        assert_close(spherical[level], slerp(a, b, 0.5))
+    assert not torch.allclose(linear[0], spherical[0])
 
 
 @pytest.mark.parametrize("method", ["linear", "slerp"])

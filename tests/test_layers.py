@@ -18,6 +18,8 @@ from glowtorch.layers import (
     ShufflePermutation,
     Split,
     Squeeze,
+    ZeroConv2d,
+    gaussian_log_prob,
     random_rotation,
 )
 
@@ -55,7 +57,8 @@ def jacobian_logdet(layer, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer_contract(name: str, channels: int) -> None:
     layer = make(name, channels)
-    x = torch.randn(3, channels, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # H != W: a logdet that multiplies by W twice instead of H * W fails here
+    x = torch.randn(3, channels, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y, logdet = layer(x)
     assert logdet.shape == (3,)
     assert y.numel() == x.numel() and y.shape[0] == 3
@@ -67,6 +70,20 @@ def test_layer_contract(name: str, channels: int) -> None:
     assert_close(logdet, jacobian_logdet(layer, x), atol=1e-8, rtol=1e-8)
     if name not in ("reverse", "squeeze", "shuffle"):
         assert not torch.allclose(y.reshape(x.shape), x), "randomized layer should not be the identity"
+
+
+def test_gaussian_log_prob_is_the_normal_density_summed_per_image() -> None:
+    generator = torch.Generator().manual_seed(0)
+    z, mean, log_std = (torch.randn(3, 2, 2, 4, dtype=torch.float64, generator=generator) for _ in range(3))
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(z).sum(dim=(1, 2, 3))
+    assert_close(gaussian_log_prob(z, mean, log_std), expected, rtol=0, atol=1e-12)
+
+
+def test_zero_conv_scales_its_output_by_exp_three_log_scale() -> None:
+    layer = randomize(ZeroConv2d(3, 5).double(), scale=0.3)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = layer.conv(x) * torch.exp(3.0 * layer.log_scale)
+    assert_close(layer(x), expected, rtol=0, atol=1e-12)
 
 
 def test_logdet_is_per_sample() -> None:

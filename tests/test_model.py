@@ -232,8 +232,8 @@ def test_classifier_and_its_term_in_the_training_loss() -> None:
     from glowtorch.likelihood import nll_bits_per_dim
     from glowtorch.train import TrainingObjective
 
-    model = random_model(num_classes=4)
-    x, y = images(3), torch.tensor([2, 0, 3])
+    model = random_model(num_classes=4, levels=3, image_shape=(2, 8, 8))  # three latents: the top one is zs[-1]
+    x, y = images(3, shape=(2, 8, 8)), torch.tensor([2, 0, 3])
     zs, _ = model.encode(x, torch.zeros(3, dtype=torch.long))  # the top latent does not depend on y
     pooled = zs[-1].mean(dim=(2, 3))  # (B, C_top)
     logits = pooled @ model.classifier.weight.T + model.classifier.bias
@@ -317,3 +317,18 @@ def test_config_roundtrip_dict() -> None:
     assert GlowConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown"):
         GlowConfig.from_dict({**config.to_dict(), "widht": 3})
+
+
+def test_actnorm_is_initialized_once_and_later_passes_leave_it_alone() -> None:
+    """Only ``initialize`` sets ActNorm from data: a forward, log_prob or training step afterwards on other
+    data does not (the bug where every pass, or every load, re-initialized it)."""
+    torch.manual_seed(0)
+    model = Glow(tiny_config())
+    model.initialize(images(8, seed=1, dtype=torch.float32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shifted = 0.3 * images(8, seed=2, dtype=torch.float32) + 0.1  # other statistics
+    model.log_prob(shifted)
+    model(shifted)
+    model.encode(shifted)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} changed"
