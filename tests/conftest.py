@@ -51,7 +51,8 @@ def float32_wins_the_precision_probe(monkeypatch):
     probe itself set their own rates). Subprocess tests pass --precision float32."""
     import glowtorch.precision
 
-    monkeypatch.setattr(glowtorch.precision, "probe_rates", lambda *args, **kwargs: (100.0, 50.0))
+    rates = glowtorch.precision.ProbeRates(100.0, 50.0, 0.5)
+    monkeypatch.setattr(glowtorch.precision, "probe_rates", lambda *args, **kwargs: rates)
 
 
 @pytest.fixture

@@ -120,30 +120,48 @@ def test_resume_warns_when_new_options_raise_the_learning_rate(tmp_path, capsys)
 
 
 def test_decay_paced_to_the_time_budget_is_a_fixed_schedule(tmp_path, capsys) -> None:
-    """``--decay-steps auto`` fixes the step where the cosine ends at the end of warmup; that number, given
-    back as ``--decay-steps N``, trains the same weights, and a resume keeps it."""
+    """``--decay-steps auto`` fixes the step where the cosine ends at the end of warmup, from the measured
+    speed and the time left; that number, given back as ``--decay-steps N`` with the steps the run made,
+    trains the same weights, and a resume keeps it."""
     paced, fixed = tmp_path / "paced", tmp_path / "fixed"
-    common = ["--dataset", "digits", "--warmup-steps", "20", "--max-minutes", "30", *TINY, "--eval-every", "12"]
-    code, text, _ = run(capsys, "train", "--steps", "24", "--out", paced, "--decay-steps", "auto", *common)
+    common = ["--dataset", "digits", "--warmup-steps", "20", *TINY, "--eval-every", "50"]
+
+    def last_step(run_dir) -> int:
+        return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+
+    code, text, _ = run(capsys, "train", "--max-minutes", "0.1", "--out", paced, "--decay-steps", "auto", *common)
     assert code == 0 and "paced to --max-minutes" in text
     decay_steps = json.loads((paced / "train_config.json").read_text())["resolved"]["decay_steps"]
-    assert isinstance(decay_steps, int) and decay_steps > 24  # 30 minutes hold far more than 24 steps
+    assert isinstance(decay_steps, int) and decay_steps > 20
+    assert f"--decay-steps {decay_steps} repeats this schedule" in text
     from glowtorch.train import RunDir, TrainConfig
 
     written = json.loads((paced / "train_config.json").read_text())
     options, resolved = RunDir(paced).read_config()
     assert TrainConfig.from_dict(written) == options  # the config reads its own file back
     assert options.decay_steps == "auto" and resolved["decay_steps"] == decay_steps and "precision" in resolved
-    assert f"--decay-steps {decay_steps} repeats this schedule" in text
-    assert main(["train", "--steps", "24", "--out", str(fixed), "--decay-steps", str(decay_steps), *common]) == 0
+    steps = str(last_step(paced))
+    assert main(["train", "--steps", steps, "--out", str(fixed), "--decay-steps", str(decay_steps), *common]) == 0
     model = "model/model.safetensors"
     assert (paced / model).read_bytes() == (fixed / model).read_bytes()
-    code, text, _ = run(capsys, "train", "--steps", "36", "--out", paced, "--decay-steps", "auto", "--resume", *common)
+    code, text, _ = run(capsys, "train", "--max-minutes", "0.15", "--out", paced, "--decay-steps", "auto",
+                        "--resume", *common)  # fmt: skip
     assert code == 0 and f"keeping the run's paced schedule: learning rate 0 at step {decay_steps:,}" in text
     assert "warning" not in text and "paced to --max-minutes" not in text
-    assert main(["train", "--steps", "36", "--out", str(fixed), "--decay-steps", str(decay_steps), "--resume",
+    steps = str(last_step(paced))
+    assert main(["train", "--steps", steps, "--out", str(fixed), "--decay-steps", str(decay_steps), "--resume",
                  *common]) == 0  # fmt: skip
     assert (paced / model).read_bytes() == (fixed / model).read_bytes()
+
+
+def test_a_paced_decay_ends_at_the_run_steps_when_they_come_first(tmp_path, capsys) -> None:
+    """``--decay-steps auto`` with ``--steps``: 30 minutes hold far more than 30 steps, so the learning rate
+    reaches 0 at step 30, where the run stops."""
+    out = tmp_path / "run"
+    flags = ["--dataset", "digits", "--warmup-steps", "20", "--max-minutes", "30", *TINY, "--eval-every", "30"]
+    code, text, _ = run(capsys, "train", "--steps", "30", "--out", out, "--decay-steps", "auto", *flags)
+    assert code == 0 and "cosine decay to 0 at step 30, at the run's last step" in text
+    assert json.loads((out / "train_config.json").read_text())["resolved"]["decay_steps"] == 30
 
 
 def test_decay_steps_must_be_a_number_or_auto(tmp_path, capsys) -> None:

@@ -244,3 +244,95 @@ def test_paced_decay_steps() -> None:
     # Evaluating 9,600 test images every 1,000 steps of 32 images costs a tenth more: 1/1.1 of the steps.
     assert paced_decay_steps(500, 5.0, 600.0, 1000, 9600, 32) == 500 + int(3000 / 1.1)
     assert paced_decay_steps(500, 5.0, 0.0, 1000, 9600, 32) == 501  # out of time: the decay ends at once
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 256 KiB (tmpfs), unmounted afterwards; skipped where this process cannot mount."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'mount failed'})")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=False)  # lazy: a writer that failed may hold a file
+
+
+def test_a_real_full_disk_is_one_line_and_loses_nothing(small_disk, capsys) -> None:
+    """On a 256 KiB tmpfs the second checkpoint does not fit: torch.save fails inside its zip writer (its
+    message does not say why); the command says the disk is full in one line, and what was written before
+    (the first checkpoint, the model, the metrics) still loads."""
+    from glowtorch import load_model
+    from glowtorch.cli import main
+
+    run_dir = small_disk / "run"
+    flags = ["--dataset", "digits", "--levels", "2", "--depth", "1", "--hidden-channels", "8", "--batch-size", "16",
+             "--steps", "30", "--eval-every", "3", "--keep-checkpoints", "5", "--precision", "float32",
+             "--no-progress"]  # fmt: skip
+    assert main(["train", *flags, "--out", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "the disk is full; nothing written before was lost: --resume continues from step" in err
+    assert load_training_state(run_dir)["step"] in (3, 6)
+    assert load_model(run_dir).config.image_shape == (1, 8, 8)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]  # no half line
+    assert lines and all("step" in line for line in lines)
+    # Other writers on the full disk: a sample grid (PNG) and a prepared store, each one line, nothing left.
+    while True:
+        try:
+            with open(small_disk / "filler", "ab") as f:
+                f.write(b"\0" * 4096)
+        except OSError:
+            break
+    assert main(["sample", "pretrained:mnist", "--n", "16", "-o", str(small_disk / "grid.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"glowtorch: error: cannot write {small_disk / 'grid.png'}: the disk is full"
+    assert main(["prepare", "--dataset", "digits", "--out", str(small_disk / "store")]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and err.count("\n") == 1
+    assert not (small_disk / "grid.png").exists() and not list(small_disk.glob("store*"))
+
+
+@pytest.mark.parametrize("launcher", ["plain", "torchrun"])
+def test_the_surviving_process_says_in_one_line_that_another_died(tmp_path, launcher: str) -> None:
+    """Two processes (gloo); SIGKILL one while they train: the other exits non-zero within seconds with one
+    line, under torchrun and without it."""
+    out = tmp_path / "run"
+    port = str(_free_port())
+    train = [*ARGS, "--steps", "100000", "--eval-every", "50", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOWTORCH_DIST_TIMEOUT": "60"}
+    if launcher == "plain":
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2")
+        processes = [subprocess.Popen([sys.executable, "-m", "glowtorch", *train], env={**env, "RANK": str(rank),
+                     "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for rank in (0, 1)]  # fmt: skip
+        survivor, victim = processes[0], processes[1].pid
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                   "-m", "glowtorch", *train]  # fmt: skip
+        survivor = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        victim = None
+    wait_for(lambda: (out / "metrics.jsonl").exists() or survivor.poll() is not None, timeout=120)
+    assert survivor.poll() is None, survivor.communicate()[1][-2000:]  # both are training
+    if victim is None:  # torchrun's second worker: the child whose environment says RANK=1
+        children = subprocess.run(["pgrep", "-P", str(survivor.pid)], capture_output=True, text=True).stdout.split()
+        victim = next(int(c) for c in children if "RANK=1\0" in Path(f"/proc/{c}/environ").read_text())
+    os.kill(victim, signal.SIGKILL)
+    _, err = survivor.communicate(timeout=90)
+    assert survivor.returncode != 0
+    if launcher == "plain":  # torchrun adds its own report of the failed worker after ours
+        assert "Traceback" not in err, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith("glowtorch: error: another process of the job failed")
+    else:
+        assert "glowtorch: error: another process of the job failed" in err, err[-2000:]
+        own = [line for line in err.splitlines() if "Traceback" in line and "torchrun" not in line]
+        assert not any("glowtorch/train" in line for line in err.splitlines()), err[-2000:]
+        assert len(own) <= err.count("torch.distributed.elastic")  # only torchrun's own tracebacks, if any
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -52,12 +52,13 @@ def fit_class_prior(
     shape = (config.num_classes, model.top_channels, *ref.shape[2:])
     sums, squares = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
-    for start in tqdm(range(0, len(images), batch_size), desc="fitting", leave=False, disable=not progress):
-        x = dequantize(images[start : start + batch_size], config.n_bits, generator=generator).to(ref)
-        y = labels[start : start + batch_size]
-        top = model(x, y.to(ref.device))[0][-1].double().cpu()  # the top latent does not depend on y
-        sums.index_add_(0, y, top)
-        squares.index_add_(0, y, top * top)
+    with model.full_precision():  # a maximum-likelihood fit of the model's own (float32) likelihood
+        for start in tqdm(range(0, len(images), batch_size), desc="fitting", leave=False, disable=not progress):
+            x = dequantize(images[start : start + batch_size], config.n_bits, generator=generator).to(ref)
+            y = labels[start : start + batch_size]
+            top = model(x, y.to(ref.device))[0][-1].double().cpu()  # the top latent does not depend on y
+            sums.index_add_(0, y, top)
+            squares.index_add_(0, y, top * top)
     view = (-1, 1, 1, 1)
     mean = sums / counts.view(view)
     variance = (squares / counts.view(view) - mean * mean).clamp_min(1e-12)

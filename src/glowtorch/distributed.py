@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Distributed", "init_distributed"]
+__all__ = ["Distributed", "init_distributed", "peer_failed"]
 
 DEFAULT_TIMEOUT_S = 300
 
@@ -85,6 +85,24 @@ def init_distributed(device: str = "cpu", timeout_s: float | None = None) -> Dis
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+# What gloo and NCCL put in the RuntimeError of a collective whose peer died or whose network failed.
+PEER_FAILURE_SIGNS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                      "NCCL communicator", "NCCL error", "ProcessGroup", "Socket Timeout", "timed out")  # fmt: skip
+
+
+def peer_failed(error: BaseException) -> bool:
+    """Whether ``error``, raised in a multi-process run, means another process of the job failed: a
+    ``DistError``, or the ``RuntimeError`` that gloo or NCCL raise from a collective (in an all-reduce of
+    ours or in DistributedDataParallel's gradient hooks inside ``backward``)."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in PEER_FAILURE_SIGNS)
+
+
 def shutdown() -> None:
+    """Leaves the process group; after a peer failed this may itself fail, which changes nothing then."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the job is ending either way
+            pass

@@ -74,6 +74,8 @@ def score_images(
 ) -> ImageScores:
     """Per-image bits/dim of uint8 ``images`` ``(N, C, H, W)`` with uniform dequantization noise,
     averaged over ``draws`` fixed-seed draws (the likelihood score used for out-of-distribution detection).
+    Computed with the coupling networks in full precision (``Glow.full_precision``), whatever the model's
+    ``ComputeConfig``: the one function every reported likelihood comes from.
 
     Class-conditional models need ``labels`` ``(N,)``: the images are scored under their own class,
     and the latent classifier's predictions come back too. With ``dist``, process r scores batches
@@ -95,16 +97,17 @@ def score_images(
     totals = torch.zeros(3 * n, dtype=torch.float64)
     noises = [_Noise(images, seed, d) for d in range(draws)]
     mine = batches[dist.rank :: dist.world_size]
-    for draw, start in tqdm(mine, desc="scoring", leave=False, disable=not progress or not dist.is_main):
-        stop = min(start + batch_size, n)
-        x = dequantize(images[start:stop], config.n_bits, noise=noises[draw](start, stop))
-        x = x.to(device=ref.device, dtype=ref.dtype)
-        y = labels[start:stop].to(ref.device) if conditional else None
-        zs, logdet, log_prior = model(x, y)
-        totals[start:stop] += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
-        if conditional and draw == 0:
-            totals[n + start : n + stop] = model.classifier_logits(zs[-1]).argmax(1).double().cpu() + 1
-            totals[2 * n + start : 2 * n + stop] = model.class_log_likelihoods(zs[-1]).argmax(1).double().cpu() + 1
+    with model.full_precision():  # a likelihood is reported in float32 (or float64), whatever the model trains in
+        for draw, start in tqdm(mine, desc="scoring", leave=False, disable=not progress or not dist.is_main):
+            stop = min(start + batch_size, n)
+            x = dequantize(images[start:stop], config.n_bits, noise=noises[draw](start, stop))
+            x = x.to(device=ref.device, dtype=ref.dtype)
+            y = labels[start:stop].to(ref.device) if conditional else None
+            zs, logdet, log_prior = model(x, y)
+            totals[start:stop] += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
+            if conditional and draw == 0:
+                totals[n + start : n + stop] = model.classifier_logits(zs[-1]).argmax(1).double().cpu() + 1
+                totals[2 * n + start : 2 * n + stop] = model.class_log_likelihoods(zs[-1]).argmax(1).double().cpu() + 1
     totals = dist.all_reduce_sum(totals.to(ref.device)).cpu()
     if not conditional:
         return ImageScores(totals[:n] / draws)

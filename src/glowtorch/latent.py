@@ -7,7 +7,6 @@ out as ``(B, C, H, W)`` uint8. Latents are lists with one tensor per level, fine
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -91,23 +90,11 @@ def float64_twin(model: Glow) -> Glow:
     return cached[1]
 
 
-@contextlib.contextmanager
-def _full_precision(model: Glow):
-    """The coupling networks in the model's own dtype (not bfloat16) for the duration: the exact paths
-    need the inverse to see the same network output as the forward, up to float32 rounding."""
-    precision = model.compute.precision
-    model.set_compute(precision="float32")
-    try:
-        yield model
-    finally:
-        model.set_compute(precision=precision)
-
-
 def _encode_exact(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
     """Latents of ``x`` that decode exactly, the plain round trip's images, and each image's largest
     error ``(B,)`` in that round trip. Images whose error exceeds ``ROUND_TRIP_TOLERANCE`` are encoded
     again in float64 (and then all latents are float64)."""
-    with _full_precision(model):
+    with model.full_precision():
         zs, _ = model.encode(x, y)
         x_back = model.decode(zs, y)
     # A non-finite round trip (float32 overflow in the inverse of a badly conditioned image) counts as
@@ -149,7 +136,7 @@ def decode_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) ->
     if zs[0].dtype == torch.float64:
         model = float64_twin(model)
     ref = model.top_prior
-    with _full_precision(model):
+    with model.full_precision():
         return _to_images(model, model.decode([z.to(device=ref.device, dtype=ref.dtype) for z in zs], y))
 
 
@@ -339,7 +326,7 @@ def change_class(model: Glow, zs: Sequence[Tensor], y: Tensor, new_y: Tensor) ->
     twin = float64_twin(model)
     noise = standard_noise(twin, [z.double() for z in zs], y.view(1))
     noise = [n.expand(len(new_y), *n.shape[1:]) for n in noise]
-    with _full_precision(twin):
+    with twin.full_precision():
         _, x = twin.sample_from_noise(noise, [1.0] * len(noise), new_y.to(twin.top_prior.device))
     return _to_images(twin, x)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -217,6 +218,18 @@ class Glow(nn.Module):
         if self.compute.channels_last != before.channels_last:
             self._lay_out_weights()
         return self
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[Glow]:
+        """For the duration, the coupling networks compute in the model's own dtype (float32 or float64), not
+        bfloat16: every likelihood glowtorch reports, and the exact latent paths (whose inverse must see the
+        forward's network output up to float32 rounding), are computed so. The setting is restored after."""
+        precision = self.compute.precision
+        self.set_compute(precision="float32")
+        try:
+            yield self
+        finally:
+            self.set_compute(precision=precision)
 
     def _lay_out_weights(self) -> None:
         """Convolution weights in the memory order of ``self.compute.channels_last``."""

@@ -3,15 +3,19 @@
 Whether bfloat16 pays depends on the machine: CPUs of one kind ran a 3x3 convolution in bfloat16 at half
 the float32 rate on one machine and at twice the rate on another, and GPUs before Ampere have no
 bfloat16 arithmetic. So "auto" measures: it times the model's own coupling-network convolutions in
-float32 and in bfloat16 (well under a second, once per process and shape) and takes bfloat16 when it is
-at least ``SPEEDUP_NEEDED`` times faster.
+float32 and in bfloat16 (well under a second, once per process and shape), in interleaved pairs, and takes
+bfloat16 only when it is at least ``SPEEDUP_NEEDED`` times faster in three pairs out of four (the lower
+quartile of the paired speedups): a ratio near the threshold, or measurements whose spread is as large
+as the margin, keep float32, so the same command on the same machine makes the same choice.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +26,28 @@ __all__ = [
     "PRECISION_CHOICES",
     "SPEEDUP_NEEDED",
     "PrecisionChoice",
+    "ProbeRates",
     "check_precision",
     "choose",
     "has_bfloat16",
+    "paired_speedups",
     "probe_rates",
     "resolve_precision",
 ]
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 SPEEDUP_NEEDED = 1.2
+MIN_PAIRS = 5  # fewer paired measurements than this decide nothing: float32
+SAMPLE_SECONDS = 2e-3  # each timed sample repeats the convolutions for at least this long (timer granularity)
+
+
+class ProbeRates(NamedTuple):
+    """What the probe measured: each dtype's median rate (GFLOP/s) and the lower quartile of the paired
+    speedups of bfloat16 over float32 (the speedup bfloat16 reached in three pairs out of four)."""
+
+    float32_gflops: float
+    bfloat16_gflops: float
+    speedup_low: float
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class PrecisionChoice:
     how: str
     float32_gflops: float | None = None
     bfloat16_gflops: float | None = None
+    speedup_low: float | None = None
 
     def summary(self) -> str:
         """One line for a run's header, e.g. ``precision bfloat16 (auto: coupling-network convolutions at
@@ -51,9 +69,10 @@ class PrecisionChoice:
         if self.float32_gflops is None or self.bfloat16_gflops is None:
             return f"precision {self.precision} ({self.how})"
         ratio = self.bfloat16_gflops / self.float32_gflops
+        low = "" if self.speedup_low is None else f", x{self.speedup_low:.2f} in 3 of 4 paired runs"
         return (
             f"precision {self.precision} ({self.how}: coupling-network convolutions at "
-            f"{self.bfloat16_gflops:.0f} GFLOP/s in bfloat16, {self.float32_gflops:.0f} in float32, x{ratio:.2f})"
+            f"{self.bfloat16_gflops:.0f} GFLOP/s in bfloat16, {self.float32_gflops:.0f} in float32, x{ratio:.2f}{low})"
         )
 
     def record(self) -> dict:
@@ -63,12 +82,32 @@ class PrecisionChoice:
             "precision_how": self.how,
             "probe_float32_gflops": self.float32_gflops,
             "probe_bfloat16_gflops": self.bfloat16_gflops,
+            "probe_speedup_low": self.speedup_low,
         }
 
 
-def choose(float32_gflops: float, bfloat16_gflops: float, speedup_needed: float = SPEEDUP_NEEDED) -> str:
-    """ "bfloat16" when the probe measured it at least ``speedup_needed`` times faster, else "float32"."""
-    return "bfloat16" if bfloat16_gflops >= speedup_needed * float32_gflops else "float32"
+def choose(
+    float32_gflops: float,
+    bfloat16_gflops: float,
+    speedup_needed: float = SPEEDUP_NEEDED,
+    speedup_low: float | None = None,
+) -> str:
+    """ "bfloat16" when the probe measured it at least ``speedup_needed`` times faster, else "float32". With
+    ``speedup_low`` (the lower quartile of paired speedups), that is what must reach ``speedup_needed``,
+    and the median ratio too."""
+    ratio = bfloat16_gflops / float32_gflops
+    sure = ratio if speedup_low is None else min(ratio, speedup_low)
+    return "bfloat16" if sure >= speedup_needed else "float32"
+
+
+def paired_speedups(float32_seconds: list[float], bfloat16_seconds: list[float]) -> float:
+    """The lower quartile of the paired speedups ``float32_seconds[i] / bfloat16_seconds[i]`` (measured one
+    after the other, so a slow moment of the machine hits both of a pair), or 0 with fewer than
+    ``MIN_PAIRS`` pairs: nothing is decided on so little."""
+    ratios = sorted(a / b for a, b in zip(float32_seconds, bfloat16_seconds, strict=True) if b > 0)
+    if len(ratios) < MIN_PAIRS:
+        return 0.0
+    return statistics.quantiles(ratios, n=4, method="inclusive")[0]
 
 
 def _coupling_shapes(config: GlowConfig, batch: int) -> list[tuple[int, int, int, int, int]]:
@@ -80,56 +119,66 @@ def _coupling_shapes(config: GlowConfig, batch: int) -> list[tuple[int, int, int
     return [(batch, half, hidden, 3, side), (batch, hidden, hidden, 1, side), (batch, hidden, factor * out, 3, side)]
 
 
-_RATES: dict[tuple, tuple[float, float]] = {}
+_RATES: dict[tuple, ProbeRates] = {}
 
 
 def probe_rates(
     shapes: list[tuple[int, int, int, int, int]], device: str | torch.device = "cpu", seconds: float = 0.3
-) -> tuple[float, float]:
-    """GFLOP/s of forward convolutions of ``shapes`` (channels-last, as the model computes) in float32 and in
-    bfloat16 on ``device``: the median of a few repetitions, within about ``seconds`` per dtype. Cached per
-    process for the same shapes and device."""
+) -> ProbeRates:
+    """Rates of forward convolutions of ``shapes`` (channels-last, as the model computes) in float32 and in
+    bfloat16 on ``device``, timed in interleaved pairs for about ``2 * seconds``, each sample repeating the
+    convolutions for at least ``SAMPLE_SECONDS``. Cached per process for the same shapes and device."""
     device = torch.device(device)
     key = (tuple(shapes), str(device))
     if key in _RATES:
         return _RATES[key]
     generator = torch.Generator().manual_seed(0)
-    rates = []
+    passes, flops = {}, 0.0
     for dtype in (torch.float32, torch.bfloat16):
         tensors = []
-        flops = 0.0
         for batch, c_in, c_out, kernel, side in shapes:
             x = torch.randn(batch, c_in, side, side, generator=generator).to(device, dtype)
             w = torch.randn(c_out, c_in, kernel, kernel, generator=generator).to(device, dtype) * 0.05
             tensors.append((x.contiguous(memory_format=torch.channels_last),
                             w.contiguous(memory_format=torch.channels_last), kernel // 2))  # fmt: skip
-            flops += 2.0 * batch * c_in * c_out * kernel * kernel * side * side
-
-        rates.append(flops / _median_seconds(tensors, device, seconds) / 1e9)
-    _RATES[key] = (rates[0], rates[1])
+            if dtype == torch.float32:
+                flops += 2.0 * batch * c_in * c_out * kernel * kernel * side * side
+        passes[dtype] = tensors
+    f32, bf16 = _paired_seconds(passes[torch.float32], passes[torch.bfloat16], device, seconds)
+    _RATES[key] = ProbeRates(flops / statistics.median(f32) / 1e9, flops / statistics.median(bf16) / 1e9,
+                             paired_speedups(f32, bf16))  # fmt: skip
     return _RATES[key]
 
 
 @torch.no_grad()
-def _median_seconds(
-    tensors: list[tuple[torch.Tensor, torch.Tensor, int]], device: torch.device, seconds: float
-) -> float:
-    """Median time of one pass over the convolutions ``(x, w, padding)``, after a warm-up pass (kernel
-    selection, first-touch allocations), repeated for about ``seconds``."""
+def _paired_seconds(
+    float32: list[tuple[torch.Tensor, torch.Tensor, int]],
+    bfloat16: list[tuple[torch.Tensor, torch.Tensor, int]],
+    device: torch.device,
+    seconds: float,
+) -> tuple[list[float], list[float]]:
+    """Seconds per pass over the convolutions ``(x, w, padding)`` of each dtype, in pairs taken one after
+    the other (the order alternating), after a warm-up pass of each (kernel selection, first-touch
+    allocations); between ``MIN_PAIRS`` and 50 pairs, for about ``2 * seconds``."""
 
-    def once() -> float:
+    def timed(tensors, repeats: int) -> float:
         start = time.perf_counter()
-        for x, w, padding in tensors:
-            F.conv2d(x, w, padding=padding)
+        for _ in range(repeats):
+            for x, w, padding in tensors:
+                F.conv2d(x, w, padding=padding)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / repeats
 
-    once()
-    times, deadline = [], time.perf_counter() + seconds
-    while not times or (time.perf_counter() < deadline and len(times) < 50):
-        times.append(once())
-    return statistics.median(times)
+    once = max(timed(float32, 1), timed(bfloat16, 1), 1e-7)
+    repeats = max(1, math.ceil(SAMPLE_SECONDS / once))
+    times: tuple[list[float], list[float]] = ([], [])
+    deadline = time.perf_counter() + 2 * seconds
+    while len(times[0]) < MIN_PAIRS or (time.perf_counter() < deadline and len(times[0]) < 50):
+        order = (0, 1) if len(times[0]) % 2 == 0 else (1, 0)
+        for which in order:
+            times[which].append(timed((float32, bfloat16)[which], repeats))
+    return times
 
 
 def has_bfloat16(device: str | torch.device) -> bool:
@@ -161,5 +210,6 @@ def resolve_precision(
         return PrecisionChoice("float32", "auto: a float64 model computes in float64")
     if not has_bfloat16(device):
         return PrecisionChoice("float32", "auto: this GPU has no bfloat16")
-    f32, bf16 = probe_rates(_coupling_shapes(config, min(batch, 16)), device)
-    return PrecisionChoice(choose(f32, bf16), "auto", f32, bf16)
+    rates = probe_rates(_coupling_shapes(config, min(batch, 16)), device)
+    precision = choose(rates.float32_gflops, rates.bfloat16_gflops, speedup_low=rates.speedup_low)
+    return PrecisionChoice(precision, "auto", *rates)

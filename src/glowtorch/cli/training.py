@@ -41,23 +41,32 @@ def cmd_train(args) -> int:
     """Joins torchrun's process group when there is one (one process otherwise) and trains."""
     import torch.distributed
 
-    from ..distributed import init_distributed, shutdown
+    from ..distributed import init_distributed, peer_failed, shutdown
 
     dist = init_distributed(args.device)
     out = Path(args.out or f"runs/{args.preset or args.dataset or 'digits'}")
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         return _train(args, dist, out)
-    except torch.distributed.DistError as error:  # a peer died or the network failed: its own output says why
-        raise UsageError(f"another process of the job failed ({first_line(error)}); see its output") from None
+    except (torch.distributed.DistError, RuntimeError) as error:
+        if isinstance(error, torch.distributed.DistError) or (dist.enabled and peer_failed(error)):
+            # a peer died or the network failed: its own output says why
+            raise UsageError(f"another process of the job failed ({first_line(error)}); see its output") from None
+        _remove_empty(created)
+        raise
     except BaseException:
-        for folder in created:  # folders this command made and left empty
-            with contextlib.suppress(OSError):  # another process may have written there meanwhile
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+        _remove_empty(created)
         raise
     finally:
         shutdown()
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Removes the folders this command made and left empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # another process may have written there meanwhile
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _given(args, names: list[str]) -> dict:

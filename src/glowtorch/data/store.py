@@ -13,6 +13,7 @@ interrupted ``prepare`` leaves nothing that looks like a store; running it again
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, disk_full
 from .dataset import DataError, Dataset
 from .image_files import first_image_size, folder_listing, read_image
 from .sources import CELEBA_ATTRIBUTES_FILE, SOURCES, celeba_split, load_source
@@ -198,6 +199,11 @@ def prepare_store(
     try:
         for split in SPLITS:
             splits[split] = _prepare_split(dataset, root, split, partial, listings, pool, image_size, channels)
+    except OSError as error:  # nothing half-written stays behind
+        shutil.rmtree(partial, ignore_errors=True)
+        if disk_full(error, partial.parent):
+            raise OSError(errno.ENOSPC, f"cannot write the store {out}: the disk is full") from None
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -212,7 +218,11 @@ def prepare_store(
         "splits": splits,
     }
     text = json.dumps(manifest, indent=2) + "\n"
-    atomic_write(partial / MANIFEST, lambda p: Path(p).write_text(text))
+    try:
+        atomic_write(partial / MANIFEST, lambda p: Path(p).write_text(text))
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists():
         out.rmdir()  # empty (checked above)
     partial.rename(out)

@@ -39,8 +39,9 @@ class TrainConfig:
         decay_steps: when set, the learning rate decays from lr to 0 along a cosine between
             warmup_steps and decay_steps (default: constant after warmup). "auto" (with max_minutes)
             paces the decay to the time budget: at the end of warmup the run measures its own speed and
-            fixes decay_steps to the step it expects to reach when max_minutes is up (logged, and kept
-            on --resume), so the learning rate reaches 0 at the end on a slow machine or a fast one.
+            fixes decay_steps to the step it expects to reach when max_minutes is up, or to steps (epochs)
+            when that comes first (logged, and kept on --resume), so the learning rate reaches 0 at the end
+            on a slow machine or a fast one.
         grad_clip: maximum gradient norm (0 disables clipping).
         ema_decay: Polyak averaging of the weights used for evaluation and sampling (0 disables).
         init_images: training images used for ActNorm's data-dependent initialization.

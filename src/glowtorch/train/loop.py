@@ -272,16 +272,21 @@ class Trainer:
 
     def pace_schedule(self) -> None:
         """After a step of a ``decay_steps="auto"`` run: fixes the decay once warmup is over (``DecayPacer``),
-        the main process's number on every process, and records it in ``train_config.json``."""
+        the main process's number on every process, and records it in ``train_config.json``. The decay ends at
+        the first of the two limits: the step the time budget is expected to reach, or ``steps``/``epochs``."""
         eval_images = len(self.test_data) * self.config.eval_draws if self.test_data is not None else 0
         eval_every = self.config.eval_interval(self.steps_per_epoch)
         paced = self.pacer.after_step(self.step, self.elapsed(), eval_every, eval_images)
         if paced is None:
             return
         decay_steps = int(self.dist.from_main(paced[0]))
+        step_limit = self.config.step_limit(self.steps_per_epoch)
+        by = "paced to --max-minutes"
+        if step_limit is not None and step_limit < decay_steps:  # --steps or --epochs ends the run first
+            decay_steps, by = step_limit, f"at the run's last step (--max-minutes would allow {decay_steps:,})"
         self.config = dataclasses.replace(self.config, decay_steps=decay_steps)
         self.pacer = None
-        self.log(f"learning rate: cosine decay to 0 at step {decay_steps:,}, paced to --max-minutes "
+        self.log(f"learning rate: cosine decay to 0 at step {decay_steps:,}, {by} "
                  f"({paced[1]:.2f} steps/s measured, {paced[2] / 60:.1f} min left); "
                  f"--decay-steps {decay_steps} repeats this schedule")  # fmt: skip
         self.run_dir.resolve(decay_steps=decay_steps)

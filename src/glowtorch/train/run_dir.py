@@ -29,7 +29,7 @@ from ..checkpoint import (
     save_training_state,
 )
 from ..distributed import Distributed
-from ..files import atomic_write, first_line
+from ..files import append_line, atomic_write, first_line
 from ..images import save_grid
 from ..model import Glow
 from ..plots import plot_metrics, read_metrics
@@ -113,17 +113,17 @@ class RunDir:
         says where training can go on from."""
         if not self.dist.is_main:
             return
-        (self.path / "samples").mkdir(exist_ok=True)
-        save_grid(grid, self.path / "samples" / f"step_{step:08d}.png", columns, scale=2)
         try:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            (self.path / "samples").mkdir(exist_ok=True)
+            save_grid(grid, self.path / "samples" / f"step_{step:08d}.png", columns, scale=2)
+            append_line(self.metrics_path, json.dumps(metrics))
             plot_metrics(self.metrics_path, self.path / "bpd.png")
             save_model(ema, self.path / "model", metadata={"step": str(step)})
             save_training_state(self.path, state, step, keep)
         except OSError as error:
             saved = checkpoint_paths(self.path)
-            where = f"--resume continues from step {checkpoint_step(saved[-1])}" if saved else "train again"
+            where = (f"--resume continues from step {checkpoint_step(saved[-1])}" if saved
+                     else f"no checkpoint yet: delete {self.path} and train again")  # fmt: skip
             raise OSError(f"{first_line(error)}; nothing written before was lost: {where}") from None
 
     def has_checkpoint(self) -> bool:
