@@ -39,6 +39,9 @@ CONFIGS = {
     "C8": dict(image_shape=(3, 32, 32), levels=3, depth=8, hidden_channels=512, batch=64),
     "C32": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
     "paper": dict(image_shape=(3, 32, 32), levels=3, depth=32, hidden_channels=512, batch=64),
+    # benchmarks/gpu_check.py --dry-run: the same code paths at a size a CPU measures in seconds
+    "tiny": dict(image_shape=(1, 8, 8), levels=2, depth=2, hidden_channels=16, batch=16),
+    "tiny32": dict(image_shape=(1, 8, 8), levels=2, depth=8, hidden_channels=16, batch=16),
 }
 PLAIN = dict(memory="standard", precision="float32", channels_last=False)
 VARIANTS = {
@@ -226,6 +229,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", help="also write the measurements to this JSON file")
+    parser.add_argument("--table-only", action="store_true", help="stop after the table (no peak or probe lines)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON spec
     args = parser.parse_args()
     if args.measure:
@@ -249,6 +254,12 @@ def main() -> None:
             line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['state_gib']:9.2f} {r['work_gib']:8.2f} "
             line += f"{r['saved_gib']:14.3f} {r['params_m']:8.1f}"
             print(line, flush=True)
+    if args.json:
+        rows = [{"config": name, "variant": variant, **r} for (name, variant), r in results.items()]
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "rows": rows}, f, indent=2)
+    if args.table_only:
+        return
     print()
     # Measured last: ru_maxrss carries over from parent to child, so this process stays small until then.
     peak = device_peak(args.device)
