@@ -187,7 +187,7 @@ def main() -> None:
 
     report["tests"] = tests(out, device, timeout=150 if kind == "gpu" else 120)
     print(f"tests: {report['tests']['status']} ({report['tests']['seconds']} s)", flush=True)
-    report["speed"] = speed(out, device, kind, timeout=170 if kind == "gpu" else 60)
+    report["speed"] = speed(out, device, kind, timeout=170 if kind == "gpu" else 180)
     print(f"speed: {report['speed']['status']}", flush=True)
     minutes = 0.1 if kind == "dry" else args.train_minutes
     report["training"] = training(out, device, kind, args.data_dir, minutes, timeout=minutes * 60 + 120)
