@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -218,3 +219,28 @@ def test_dataset_validation() -> None:
         Dataset(torch.zeros(0, 1, 4, 4, dtype=torch.uint8))
     with pytest.raises(DataError, match="uint8"):
         Dataset(torch.zeros(2, 1, 4, 4))
+
+
+def test_perturbed_batches_replace_the_asked_share_of_pixels_the_same_on_any_process_count() -> None:
+    """``TrainConfig.perturb``: each pixel replaced by a random value with that probability, drawn for the
+    global batch, so two processes' shares are a single process's rows; 0 leaves the batch as it was."""
+    from glowtorch.distributed import Distributed
+    from glowtorch.preprocess import to_uint8
+    from glowtorch.train import BatchSource, TrainConfig
+
+    data = load_dataset("digits")
+    config = TrainConfig(batch_size=32, steps=1)
+
+    def batch(perturb: float, rank: int = 0, world: int = 1):
+        source = BatchSource(data, dataclasses.replace(config, perturb=perturb), 8, False,
+                             Distributed(rank=rank, world_size=world), torch.device("cpu"))  # fmt: skip
+        x, _, indices = source(5)
+        return to_uint8(x, 8), indices
+
+    plain, indices = batch(0.0)
+    assert torch.equal(plain, data.images[indices])
+    perturbed, _ = batch(0.3)
+    changed = (perturbed != plain).float().mean().item()
+    assert 0.25 < changed < 0.32  # 0.3, less the 1/256 chance of drawing the pixel's own value
+    halves = torch.cat([batch(0.3, rank, 2)[0] for rank in (0, 1)])
+    assert torch.equal(halves, perturbed)

@@ -56,8 +56,8 @@ def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
     return output
 
 
-def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60) -> Path:
-    """Overlaid histograms of per-image bits/dim, one per dataset (``{name: (N,) tensor}``)."""
+def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60, xlabel: str = "bits/dim") -> Path:
+    """Overlaid histograms of per-image scores (bits/dim by default), one per dataset (``{name: (N,) tensor}``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,11 +66,14 @@ def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60) -> Pa
 
     values = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
-    edges = np.linspace(finite.min(), finite.max(), bins + 1) if finite.size else bins
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    if high - low < 1e-9:  # one value (a score of 0 everywhere): a bin around it
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, bins + 1)
     figure, axis = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
     for name, v in values.items():
         axis.hist(v[np.isfinite(v)], bins=edges, alpha=0.5, density=True, label=f"{name} (n={len(v)})")
-    axis.set_xlabel("bits/dim")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("density")
     axis.legend()
     output = Path(output)

@@ -32,6 +32,7 @@ COMMANDS = (
     latent_space.add_directions,
     latent_space.add_manipulate,
     evaluation.add_score,
+    evaluation.add_ood,
     training.add_fit_class_prior,
     training.add_plot,
     datasets.add_prepare,

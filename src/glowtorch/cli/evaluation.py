@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import load_model
 from ..data import DATASETS, load_dataset_for
 from .common import Shared, UsageError, output_path, positive_int
 
-__all__ = ["add_evaluate", "add_score"]
+__all__ = ["add_evaluate", "add_ood", "add_score"]
 
 
 def add_evaluate(sub: argparse._SubParsersAction, shared: Shared) -> None:
@@ -96,4 +98,57 @@ def cmd_score(args) -> int:
     for spec, values in scores.items():
         print(f"{spec}: {len(values)} images, mean {values.mean():.4f} bits/dim, median {values.median():.4f}")
     print(f"wrote {csv_path} and {histogram}")
+    return 0
+
+
+def add_ood(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    o = sub.add_parser("ood", help="out-of-distribution detection: four likelihood scores, AUROC/AUPR/FPR95",
+                       parents=[shared.model, shared.device, shared.progress],
+                       description="Scores the in-distribution test split and each other set with bits/dim, "
+                       "typicality (per image and per batch), input complexity and, with --background, the "
+                       "likelihood ratio; writes scores.csv, metrics.json/.md and a histogram per score.")  # fmt: skip
+    o.add_argument("--in", dest="in_set", required=True, metavar="NAME=DIR",
+                   help="the in-distribution dataset (its test split is scored, its training split gives the "
+                   "typical bits/dim)")  # fmt: skip
+    o.add_argument("--out", dest="out_sets", action="append", required=True, metavar="NAME[:TRANSFORM][=DIR]",
+                   help="a set to detect: a dataset's test split, transformed (:invert, :rot90, :hflip), or "
+                   "noise, constant, samples (the model's own at T=1); repeat for more")  # fmt: skip
+    o.add_argument("--report", "-o", required=True, help="folder for the report")
+    o.add_argument("--background", help="a model trained on perturbed inputs (glowtorch train --perturb 0.2): "
+                   "adds the likelihood-ratio score")  # fmt: skip
+    o.add_argument("--limit", type=positive_int, default=10000, help="images per set (default 10000)")
+    o.add_argument("--train-images", type=positive_int, default=2000,
+                   help="training images that estimate the typical bits/dim")  # fmt: skip
+    o.add_argument("--batch-size", type=positive_int, default=8, help="images per batch of the batch typicality test")
+    o.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
+    o.set_defaults(func=cmd_ood)
+
+
+def cmd_ood(args) -> int:
+    from ..data import load_dataset, resize_images
+    from ..files import ensure_writable_dir
+    from ..ood import load_ood_set, ood_report
+
+    model = load_model(args.checkpoint, device=args.device)
+    background = load_model(args.background, device=args.device) if args.background else None
+    if background is not None and background.config.image_shape != model.config.image_shape:
+        raise UsageError(f"the background model takes {background.config.image_shape} images, the model "
+                         f"{model.config.image_shape}: train it on the same data")  # fmt: skip
+    name, _, data_dir = args.in_set.partition("=")
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r} in --in; choose one of {', '.join(DATASETS)}")
+    in_set = load_ood_set(args.in_set, model, args.limit)
+    train = load_dataset(name, data_dir or None, train=True, channels=model.config.image_shape[0]).images
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.train_images]]
+    if tuple(train.shape[2:]) != model.config.image_shape[1:]:
+        train = resize_images(train, model.config.image_shape[1:])
+    out_sets = [load_ood_set(spec, model, args.limit, seed=i) for i, spec in enumerate(args.out_sets, 1)]
+    folder = ensure_writable_dir(Path(args.report))
+    report = ood_report(model, in_set, out_sets, train, background, args.batch_size, args.draws,
+                        progress=not args.no_progress)  # fmt: skip
+    report.write(folder)
+    print(f"in: {in_set[0]}, {len(in_set[1])} test images; typical bits/dim {report.typical_bpd:.4f} "
+          f"({len(train)} training images)")  # fmt: skip
+    print(report.table())
+    print(f"wrote {folder / 'scores.csv'}, metrics.json, metrics.md and a histogram per score")
     return 0

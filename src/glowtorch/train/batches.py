@@ -64,6 +64,12 @@ class BatchSource:
             images = random_flip(images, step_generator(config.seed, step, stream=4), rows=(mine, batch))
         if config.shift:
             images = random_shift(images, config.shift, step_generator(config.seed, step, stream=6), rows=(mine, batch))
+        if config.perturb:  # each pixel replaced by a random value with probability perturb (Ren et al. 2019)
+            generator = step_generator(config.seed, step, stream=7)
+            shape = (batch, *images.shape[1:])
+            hit = (torch.rand(shape, generator=generator) < config.perturb)[mine]
+            values = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)[mine]
+            images = torch.where(hit, values, images)
         generator = step_generator(config.seed, step, stream=5)
         noise = torch.rand((batch, *images.shape[1:]), generator=generator, dtype=torch.float32)[mine]
         x = dequantize(images, self.n_bits, noise=noise)

@@ -49,6 +49,8 @@ class TrainConfig:
         flip: random horizontal flips of training images.
         shift: random translation of training images by up to this many whole pixels on each axis
             (zero-filled); 0 disables it. The test split is never augmented.
+        perturb: replace each training pixel by a uniformly random value with this probability (0 disables
+            it): the background model of the likelihood-ratio OOD score (Ren et al. 2019 use 0.1 to 0.2).
         epochs: stop after this many passes over the training set.
         steps: stop after this many optimizer steps.
         max_minutes: stop after this much training time. Training stops at whichever of epochs,
@@ -82,6 +84,7 @@ class TrainConfig:
     weight_y: float = 0.01
     flip: bool = False
     shift: int = 0
+    perturb: float = 0.0
     epochs: int | None = None
     steps: int | None = None
     max_minutes: float | None = None
@@ -124,6 +127,7 @@ class TrainConfig:
             (self.init_images >= 1, "init_images must be >= 1"),
             (self.weight_y >= 0, "weight_y must be >= 0"),
             (self.shift >= 0, "shift must be >= 0"),
+            (0.0 <= self.perturb < 1.0, "perturb must be in [0, 1)"),
             (self.epochs is None or self.epochs >= 1, "epochs must be >= 1"),
             (self.steps is None or self.steps >= 1, "steps must be >= 1"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
