@@ -31,7 +31,7 @@ __all__ = [
 
 # Config fields added after files were first fingerprinted: at these values they leave the hash as it was,
 # so latent and direction files written before still match their model.
-_LATER_FIELDS = {"class_prior": "channel"}
+_LATER_FIELDS = {"class_prior": "channel", "coupling_network": "actnorm", "zero_conv_padding": 0.0}
 
 
 def model_fingerprint(model: Glow) -> str:

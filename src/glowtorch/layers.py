@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "COUPLING_NETWORKS",
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
@@ -241,9 +242,12 @@ class ShufflePermutation(nn.Module):
 class ZeroConv2d(nn.Module):
     """3x3 convolution starting at zero, output scaled by ``exp(3 * log_scale)`` (reference code)."""
 
-    def __init__(self, in_channels: int, out_channels: int, log_scale_factor: float = 3.0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, log_scale_factor: float = 3.0, pad_value: float = 0.0
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.pad_value = float(pad_value)  # the border's value (rosinality/glow-pytorch pads with 1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=0 if self.pad_value else 1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         self.log_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
@@ -252,6 +256,8 @@ class ZeroConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``conv(x) * exp(3 * log_scale)``, as one convolution with pre-scaled weights."""
         scale = torch.exp(self.log_scale * self.log_scale_factor)
+        if self.pad_value:
+            x = F.pad(x, (1, 1, 1, 1), value=self.pad_value)
         return scaled_conv(self.conv, x, self.conv.bias, scale.flatten())
 
 
@@ -269,26 +275,42 @@ def conv_actnorm(conv: nn.Conv2d, actnorm: ActNorm, x: Tensor) -> Tensor:
     return scaled_conv(conv, x, actnorm.bias.flatten(), torch.exp(actnorm.log_scale).flatten())
 
 
+COUPLING_NETWORKS = ("actnorm", "bias")
+
+
 class CouplingNetwork(nn.Module):
     """conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialized conv3x3:
     ``(B, C_in, H, W) -> (B, C_out, H, W)``.
 
     As in the reference code, the hidden convolutions have no bias and are followed by ActNorm
     (initialized from data with the rest of the model), which keeps their activations well scaled.
+    With ``norm="bias"`` they carry biases and no ActNorm (rosinality/glow-pytorch's network);
+    ``pad_value`` is what the output convolution pads with.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int, norm: str = "actnorm", pad_value: float = 0.0
+    ) -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False)
-        self.norm_in = ActNorm(hidden_channels)
-        self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1, bias=False)
-        self.norm_hidden = ActNorm(hidden_channels)
+        bias = norm == "bias"
+        # In this order (parameters' order is what an optimizer's saved state refers to).
+        self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=bias)
+        if not bias:
+            self.norm_in = ActNorm(hidden_channels)
+        self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1, bias=bias)
+        if not bias:
+            self.norm_hidden = ActNorm(hidden_channels)
         for conv in (self.conv_in, self.conv_hidden):
             nn.init.normal_(conv.weight, 0.0, 0.05)
-        self.conv_out = ZeroConv2d(hidden_channels, out_channels)
+            if bias:
+                nn.init.zeros_(conv.bias)
+        self.conv_out = ZeroConv2d(hidden_channels, out_channels, pad_value=pad_value)
 
     def forward(self, x: Tensor) -> Tensor:
         # In place: nothing keeps the pre-activation for backward (ReLU's backward uses its output).
+        if self.conv_in.bias is not None:
+            h = F.relu_(self.conv_hidden(F.relu_(self.conv_in(x))))
+            return self.conv_out(h)
         h = F.relu_(conv_actnorm(self.conv_in, self.norm_in, x))
         h = F.relu_(conv_actnorm(self.conv_hidden, self.norm_hidden, h))
         return self.conv_out(h)
@@ -300,10 +322,11 @@ class Coupling(nn.Module):
 
     out_factor = 1
 
-    def __init__(self, channels: int, hidden_channels: int) -> None:
+    def __init__(self, channels: int, hidden_channels: int, network: str = "actnorm", pad_value: float = 0.0) -> None:
         super().__init__()
         self.split = channels // 2
-        self.net = CouplingNetwork(self.split, self.out_factor * (channels - self.split), hidden_channels)
+        out = self.out_factor * (channels - self.split)
+        self.net = CouplingNetwork(self.split, out, hidden_channels, network, pad_value)
         # None: the network computes in the input's dtype; else under autocast to this dtype.
         self.autocast_dtype: torch.dtype | None = None
 
@@ -445,12 +468,15 @@ COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
 class FlowStep(FlowSequence):
     """One step of flow: ActNorm -> permutation (1x1 conv, shuffle or reverse) -> coupling."""
 
-    def __init__(self, channels: int, hidden_channels: int, coupling: str = "affine", permutation: str = "lu") -> None:
+    def __init__(
+        self, channels: int, hidden_channels: int, coupling: str = "affine", permutation: str = "lu",
+        network: str = "actnorm", pad_value: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__(
             [
                 ActNorm(channels),
                 PERMUTATIONS[permutation](channels),
-                COUPLINGS[coupling](channels, hidden_channels),
+                COUPLINGS[coupling](channels, hidden_channels, network, pad_value),
             ]
         )
 
@@ -503,10 +529,10 @@ class Split(nn.Module):
     conv (standard normal at initialization).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, pad_value: float = 0.0) -> None:
         super().__init__()
         self.kept_channels = channels - channels // 2
-        self.prior_net = ZeroConv2d(self.kept_channels, 2 * (channels // 2))
+        self.prior_net = ZeroConv2d(self.kept_channels, 2 * (channels // 2), pad_value=pad_value)
 
     def split(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return h[:, : self.kept_channels], h[:, self.kept_channels :]

@@ -12,7 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import COUPLINGS, PERMUTATIONS, ActNorm, FlowSequence, FlowStep, Split, Squeeze, gaussian_log_prob
+from .layers import (
+    COUPLING_NETWORKS,
+    COUPLINGS,
+    PERMUTATIONS,
+    ActNorm,
+    FlowSequence,
+    FlowStep,
+    Split,
+    Squeeze,
+    gaussian_log_prob,
+)
 from .memory import MEMORY_MODES, run_steps
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
@@ -52,6 +62,11 @@ class GlowConfig:
             channel's mean and log-std, the same at every position (the paper's code); "spatial" gives
             each class its own mean and log-std at every position of the top latent.
         n_bits: bits per pixel value the data is reduced to (1..8).
+        coupling_network: the coupling networks' hidden convolutions: "actnorm" (no bias, each followed by
+            ActNorm: the paper's code, the default) or "bias" (with biases and no ActNorm, as in
+            rosinality/glow-pytorch; for converted models).
+        zero_conv_padding: the value the zero-initialized output convolutions (coupling networks and
+            priors) pad their input with: 0 (the paper's code, the default) or 1 (rosinality/glow-pytorch).
     """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -64,6 +79,8 @@ class GlowConfig:
     num_classes: int = 0
     class_prior: str = dataclasses.field(default="channel", metadata={"choices": CLASS_PRIORS})
     n_bits: int = 8
+    coupling_network: str = dataclasses.field(default="actnorm", metadata={"choices": COUPLING_NETWORKS})
+    zero_conv_padding: float = 0.0
 
     # Written by glowtorch 0.1.0 into config.json beside the architecture; read and ignored.
     LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")
@@ -90,6 +107,12 @@ class GlowConfig:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.class_prior not in CLASS_PRIORS:
             raise ValueError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {self.class_prior!r}")
+        if self.coupling_network not in COUPLING_NETWORKS:
+            raise ValueError(
+                f"coupling_network must be one of {', '.join(COUPLING_NETWORKS)}, got {self.coupling_network!r}"
+            )
+        if not math.isfinite(self.zero_conv_padding):
+            raise ValueError(f"zero_conv_padding must be a finite number, got {self.zero_conv_padding}")
         if not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
 
@@ -172,12 +195,19 @@ class Glow(nn.Module):
         for level in range(config.levels):
             channels, height, width = channels * 4, height // 2, width // 2
             steps = [
-                FlowStep(channels, config.hidden_channels, config.coupling, config.permutation)
+                FlowStep(
+                    channels,
+                    config.hidden_channels,
+                    config.coupling,
+                    config.permutation,
+                    config.coupling_network,
+                    config.zero_conv_padding,
+                )  # fmt: skip
                 for _ in range(config.depth)
             ]
             self.levels.append(FlowSequence(steps))
             if level < config.levels - 1:
-                split = Split(channels)
+                split = Split(channels, config.zero_conv_padding)
                 self.splits.append(split)
                 self.latent_shapes.append((channels // 2, height, width))
                 channels = split.kept_channels

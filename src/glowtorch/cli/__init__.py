@@ -16,7 +16,7 @@ from ..checkpoint import CheckpointError
 from ..data import DataError
 from ..files import first_line
 from ..model import NotInitializedError
-from . import datasets, evaluation, latent_space, models, training
+from . import converting, datasets, evaluation, latent_space, models, training
 from .common import Parser, Shared, UsageError, add_config_flags, field_docs
 
 __all__ = ["COMMANDS", "UsageError", "add_config_flags", "build_parser", "field_docs", "main"]
@@ -36,6 +36,7 @@ COMMANDS = (
     training.add_fit_class_prior,
     training.add_plot,
     datasets.add_prepare,
+    converting.add_convert,
     models.add_demo,
     models.add_pretrained,
     training.add_presets,

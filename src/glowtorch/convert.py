@@ -1,0 +1,194 @@
+"""Models trained with other Glow implementations, taken in as glowtorch models that compute the same
+function: ``from_rosinality`` reads a checkpoint of rosinality/glow-pytorch.
+
+rosinality/glow-pytorch saves a bare ``state_dict`` (through ``nn.DataParallel``: keys start with
+``module.``) and no configuration: the architecture is read from the tensors' shapes, and what they do not
+say (the image size, the bits per pixel) is asked for. Its model differs from the paper's code in ways
+glowtorch has options for (``GlowConfig.coupling_network="bias"``, ``zero_conv_padding=1.0``), and in ways
+that are only a different layout of the same numbers, rearranged here:
+
+- ActNorm is ``scale * (x + loc)`` with a free ``scale``: glowtorch's ``log_scale`` is ``log(scale)``
+  (a negative scale cannot be represented and is refused);
+- the coupling network's output and the split priors come in halves (``log_s, t = h.chunk(2, 1)``;
+  ``mean, log_sd = h.chunk(2, 1)``), glowtorch's interleaved (shift, scale; mean, log-std): the output
+  convolutions' rows are reordered;
+- the top prior is a zero-initialized convolution applied to zeros padded with ones, which gives a
+  learned mean and log-std per position: it becomes glowtorch's learned top prior (``learn_top``);
+- the last block always uses the LU 1x1 convolution: in a model trained without LU (``conv_lu=False``)
+  its weight is multiplied out into a plain 1x1 convolution, the same matrix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoint import CheckpointError
+from .model import Glow, GlowConfig
+
+__all__ = ["ConversionError", "from_rosinality", "load_port_checkpoint", "rosinality_config"]
+
+
+class ConversionError(CheckpointError):
+    """A checkpoint that is not what its converter reads, or holds what glowtorch cannot represent."""
+
+
+def load_port_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """A checkpoint file of another implementation as a ``state_dict`` (``torch.load(weights_only=True)``;
+    a dict holding the weights under ``"model"`` or ``"state_dict"`` is unwrapped, ``module.`` prefixes
+    are dropped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConversionError(f"{path} not found") from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file
+        raise ConversionError(
+            f"{path} is not a PyTorch checkpoint of tensors ({str(error).splitlines()[0][:120]})"
+        ) from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConversionError(f"{path} holds no state_dict (a dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def rosinality_config(state: dict[str, Tensor], image_size: int, n_bits: int) -> GlowConfig:
+    """The ``GlowConfig`` of a rosinality/glow-pytorch ``state_dict``: levels, depth, width, channels,
+    coupling and permutation from the tensors' shapes; ``image_size`` and ``n_bits`` given."""
+    if not any(k.startswith("blocks.") for k in state):
+        raise ConversionError("not a rosinality/glow-pytorch checkpoint: no blocks.* keys")
+    blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    flows = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.0\.flows\.(\d+)\.", k)))
+    first = "blocks.0.flows.0."
+    try:
+        squeezed = state[first + "actnorm.loc"].shape[1]
+        hidden = state[first + "coupling.net.0.weight"].shape[0]
+        out = state[first + "coupling.net.4.conv.weight"].shape[0]
+    except KeyError as missing:
+        raise ConversionError(f"not a rosinality/glow-pytorch checkpoint: {missing.args[0]} is missing") from None
+    if squeezed % 4:
+        raise ConversionError(f"{first}actnorm.loc has {squeezed} channels, not 4 x the image's: not a Glow block")
+    try:
+        return _rosinality_config(squeezed, blocks, flows, hidden, out, first + "invconv.w_p" in state, image_size,
+                                  n_bits)  # fmt: skip
+    except ValueError as error:  # e.g. an image size the levels do not divide
+        raise ConversionError(f"--image-size {image_size} does not fit this checkpoint: {error}") from None
+
+
+def _rosinality_config(
+    squeezed: int, blocks: int, flows: int, hidden: int, out: int, lu: bool, image_size: int, n_bits: int
+) -> GlowConfig:
+    return GlowConfig(
+        image_shape=(squeezed // 4, image_size, image_size),
+        levels=blocks,
+        depth=flows,
+        hidden_channels=hidden,
+        coupling="affine" if out == squeezed else "additive",
+        permutation="lu" if lu else "invconv",
+        learn_top=True,
+        n_bits=n_bits,
+        coupling_network="bias",
+        zero_conv_padding=1.0,
+    )
+
+
+def _interleave(rows: Tensor) -> Tensor:
+    """Rows ``[a_0..a_n, b_0..b_n]`` (halves) as ``[a_0, b_0, a_1, b_1, ...]`` (interleaved), on dim 0."""
+    half = rows.shape[0] // 2
+    return torch.stack([rows[:half], rows[half:]], dim=1).reshape(rows.shape)
+
+
+def _lu_weight(state: dict[str, Tensor], prefix: str) -> Tensor:
+    """The matrix of a rosinality ``InvConv2dLU``: ``P (L + I) (U + diag(sign(s) exp(log|s|)))``."""
+    g = {k: state[prefix + k].double() for k in ("w_p", "w_l", "w_s", "w_u", "s_sign")}
+    lower = torch.tril(g["w_l"], -1) + torch.eye(len(g["w_s"]), dtype=torch.float64)
+    upper = torch.triu(g["w_u"], 1) + torch.diag(g["s_sign"] * torch.exp(g["w_s"]))
+    return g["w_p"] @ lower @ upper
+
+
+@torch.no_grad()
+def from_rosinality(state: dict[str, Tensor], image_size: int, n_bits: int) -> Glow:
+    """A glowtorch ``Glow`` computing the same ``log p(x)`` (and encode/decode) as the rosinality/glow-pytorch
+    model of ``state`` (its ``state_dict``, ``module.`` prefixes allowed) on images of ``image_size`` squared
+    pixels reduced to ``n_bits``: its inputs are glowtorch's, ``x in [-0.5, 0.5)``."""
+    state = {k.removeprefix("module."): v.detach().float() for k, v in state.items()}
+    config = rosinality_config(state, image_size, n_bits)
+    model = Glow(config)
+    used: set[str] = set()
+
+    def take(key: str) -> Tensor:
+        if key not in state:
+            raise ConversionError(f"not a rosinality/glow-pytorch checkpoint of this shape: {key} is missing")
+        used.add(key)
+        return state[key]
+
+    def zero_conv(target, prefix: str, interleave: bool) -> None:
+        weight, bias, scale = take(prefix + "conv.weight"), take(prefix + "conv.bias"), take(prefix + "scale")
+        order = _interleave if interleave else (lambda t: t)
+        if target.conv.weight.shape != weight.shape:
+            raise ConversionError(
+                f"{prefix}conv.weight is {tuple(weight.shape)}, expected {tuple(target.conv.weight.shape)}"
+            )
+        target.conv.weight.copy_(order(weight))
+        target.conv.bias.copy_(order(bias))
+        target.log_scale.copy_(order(scale.flatten()).view_as(target.log_scale))
+
+    for level, steps in enumerate(model.levels):
+        for index, step in enumerate(steps.layers):
+            prefix = f"blocks.{level}.flows.{index}."
+            actnorm, conv, coupling = step.layers
+            scale = take(prefix + "actnorm.scale")
+            if (scale <= 0).any():
+                raise ConversionError(
+                    f"{prefix}actnorm.scale has values <= 0: glowtorch's ActNorm scale is exp(log_scale)"
+                )
+            actnorm.bias.copy_(take(prefix + "actnorm.loc"))
+            actnorm.log_scale.copy_(scale.log())
+            actnorm.initialized.fill_(True)
+            used.add(prefix + "actnorm.initialized")
+            if config.permutation == "lu":
+                for ours, theirs in (("permutation", "w_p"), ("lower", "w_l"), ("upper", "w_u"), ("log_s", "w_s"),
+                                     ("sign_s", "s_sign")):  # fmt: skip
+                    getattr(conv, ours).copy_(take(prefix + "invconv." + theirs))
+                used.update(prefix + "invconv." + k for k in ("u_mask", "l_mask", "l_eye"))
+            elif prefix + "invconv.weight" in state:
+                conv.weight.copy_(take(prefix + "invconv.weight").squeeze(-1).squeeze(-1))
+            else:  # the last block is LU even in a model trained without it: the same matrix, plain
+                conv.weight.copy_(_lu_weight(state, prefix + "invconv.").float())
+                used.update(
+                    prefix + "invconv." + k for k in ("w_p", "w_l", "w_s", "w_u", "s_sign", "u_mask", "l_mask", "l_eye")
+                )
+            net = coupling.net
+            net.conv_in.weight.copy_(take(prefix + "coupling.net.0.weight"))
+            net.conv_in.bias.copy_(take(prefix + "coupling.net.0.bias"))
+            net.conv_hidden.weight.copy_(take(prefix + "coupling.net.2.weight"))
+            net.conv_hidden.bias.copy_(take(prefix + "coupling.net.2.bias"))
+            # theirs: (log_s, t) in halves; ours: (shift, scale) interleaved -> put t first, then interleave
+            if config.coupling == "affine":
+                swap = lambda t: torch.cat(t.chunk(2, 0)[::-1])  # noqa: E731
+                theirs = {k: take(prefix + "coupling.net.4." + k) for k in ("conv.weight", "conv.bias")}
+                scale = take(prefix + "coupling.net.4.scale").flatten()
+                net.conv_out.conv.weight.copy_(_interleave(swap(theirs["conv.weight"])))
+                net.conv_out.conv.bias.copy_(_interleave(swap(theirs["conv.bias"])))
+                net.conv_out.log_scale.copy_(_interleave(swap(scale)).view_as(net.conv_out.log_scale))
+            else:
+                zero_conv(net.conv_out, prefix + "coupling.net.4.", interleave=False)
+        if level < len(model.splits):
+            zero_conv(model.splits[level].prior_net, f"blocks.{level}.prior.", interleave=True)
+    # The top prior: their last block's prior convolution applied to zeros (padded with ones).
+    last = f"blocks.{config.levels - 1}.prior."
+    weight, bias, scale = take(last + "conv.weight"), take(last + "conv.bias"), take(last + "scale")
+    _, height, width = model.latent_shapes[-1]
+    zeros = torch.zeros(1, weight.shape[1], height, width)
+    prior = F.conv2d(F.pad(zeros, (1, 1, 1, 1), value=1.0), weight, bias) * torch.exp(3 * scale)
+    model.top_prior.copy_(_interleave(prior[0]).unsqueeze(0))
+    unknown = sorted(set(state) - used)
+    if unknown:
+        raise ConversionError(f"keys this converter does not know: {', '.join(unknown[:3])}"
+                              f"{' and others' if len(unknown) > 3 else ''} (a modified model?)")  # fmt: skip
+    return model.eval()
