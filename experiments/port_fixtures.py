@@ -4,13 +4,18 @@ never imported by glowtorch or its tests.
 
     git clone https://github.com/rosinality/glow-pytorch /tmp/glow-pytorch   # (commit 97081ff)
     python experiments/port_fixtures.py rosinality /tmp/glow-pytorch --out tests/fixtures/convert
+    git clone https://github.com/y0ast/Glow-PyTorch /tmp/Glow-PyTorch         # (commit 13c7b01)
+    python experiments/port_fixtures.py y0ast /tmp/Glow-PyTorch --out tests/fixtures/convert
 
 For each variant it builds the port's model with its own classes, runs one forward pass (its ActNorm
 initializes from that batch), then perturbs every parameter, the zero-initialized convolutions and
 ActNorm's included, so that a wrong mapping cannot hide behind zeros or ones. It saves the checkpoint as
-the port's train.py does (``torch.save(model.state_dict())`` of an ``nn.DataParallel``: keys start with
-``module.``) and, beside it, the inputs, the port's ``log p(x)`` (nats per image: its ``log_p + logdet``),
-standard-normal noise and the port's samples from that noise (``reverse(noise)``).
+the port's train.py does (rosinality: ``torch.save`` of an ``nn.DataParallel``'s ``state_dict``, keys
+starting with ``module.``; y0ast: the ``state_dict``, with the ``hparams.json`` its train.py writes) and,
+beside it, the inputs, the port's ``log p(x)`` (nats per image; y0ast's class-conditional models: under
+given labels, and their class logits), and what the port decodes from given latents (rosinality: its
+samples from standard-normal noise; y0ast: ``flow.decode`` of the latents of the inputs, and of the
+prior's means).
 """
 
 from __future__ import annotations
@@ -82,14 +87,60 @@ def rosinality(checkout: Path, out: Path) -> dict:
     return summary
 
 
+Y0AST_VARIANTS = {
+    # name: (image channels, levels, depth, width, coupling, permutation, LU, learn_top, classes)
+    "y0ast_affine_lu_rgb_conditional": (3, 2, 2, 16, "affine", "invconv", True, True, 10),
+    "y0ast_additive_invconv_gray": (1, 3, 2, 8, "additive", "invconv", False, False, 0),
+    "y0ast_affine_reverse_gray": (1, 2, 3, 16, "affine", "reverse", False, True, 0),
+}
+
+
+def y0ast(checkout: Path, out: Path) -> dict:
+    sys.path.insert(0, str(checkout))  # its model.py imports its modules.py and utils.py
+    port = load_module(checkout / "model.py", "y0ast_model")
+    summary = {}
+    for name, (channels, levels, depth, width, coupling, permutation, lu, learn_top, classes) in Y0AST_VARIANTS.items():
+        torch.manual_seed(0)
+        hparams = {"hidden_channels": width, "K": depth, "L": levels, "actnorm_scale": 1.0,
+                   "flow_permutation": permutation, "flow_coupling": coupling, "LU_decomposed": lu,
+                   "learn_top": learn_top, "y_condition": classes > 0, "y_weight": 0.01}  # fmt: skip
+        model = port.Glow((IMAGE_SIZE, IMAGE_SIZE, channels), width, depth, levels, 1.0, permutation, coupling, lu,
+                          classes or 10, learn_top, classes > 0)  # fmt: skip
+        generator = torch.Generator().manual_seed(2)
+        x = torch.floor(torch.rand(BATCH, channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 256) / 256 - 0.5
+        x = x + torch.rand(x.shape, generator=generator) / 256  # dequantized, as its uniform_binning_correction
+        y = torch.arange(BATCH) % max(classes, 1)
+        y_onehot = torch.nn.functional.one_hot(y, max(classes, 1)).float() if classes else None
+        with torch.no_grad():
+            model.train()
+            model.flow(x.clone(), logdet=torch.zeros(BATCH))  # ActNorm initializes from this batch
+            perturb(model, generator)
+            model.eval()
+            z, objective = model.flow(x.clone(), logdet=torch.zeros(BATCH))  # log p(x), without its noise
+            mean, logs = model.prior(x, y_onehot)
+            log_likelihood = objective + port.gaussian_likelihood(mean, logs, z)
+            decoded = model.flow.decode(z.clone(), temperature=0.0)  # its splits put back their prior means
+            expected = {"x": x, "y": y, "log_likelihood": log_likelihood.double(), "decoded_at_t0": decoded,
+                        "top_latent": z}  # fmt: skip
+            if classes:
+                expected["class_logits"] = model.project_class(z.mean(2).mean(2))
+        torch.save(model.state_dict(), out / f"{name}.pt")
+        (out / f"{name}_hparams.json").write_text(json.dumps(hparams, indent=2) + "\n")
+        torch.save(expected, out / f"{name}_expected.pt")
+        summary[name] = {"channels": channels, "levels": levels, "depth": depth, "width": width, "coupling": coupling,
+                         "permutation": permutation, "lu": lu, "learn_top": learn_top, "classes": classes,
+                         "image_size": IMAGE_SIZE, "mean_log_likelihood": float(log_likelihood.mean())}  # fmt: skip
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("port", choices=["rosinality"])
+    parser.add_argument("port", choices=["rosinality", "y0ast"])
     parser.add_argument("checkout", type=Path, help="the port's checkout (its model.py is imported from there)")
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/convert"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = rosinality(args.checkout, args.out)
+    summary = (rosinality if args.port == "rosinality" else y0ast)(args.checkout, args.out)
     (args.out / f"{args.port}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

@@ -13,11 +13,63 @@ from torch.testing import assert_close
 
 from glowtorch import load_model
 from glowtorch.cli import main
-from glowtorch.convert import ConversionError, from_rosinality, load_port_checkpoint
+from glowtorch.convert import ConversionError, from_rosinality, from_y0ast, load_port_checkpoint
 from glowtorch.latent import decode_images, encode_images
 
 FIXTURES = Path(__file__).parent / "fixtures" / "convert"
 ROSINALITY = json.loads((FIXTURES / "rosinality.json").read_text())
+Y0AST = json.loads((FIXTURES / "y0ast.json").read_text())
+
+
+def converted_y0ast(name: str, with_hparams: bool = True):
+    hparams = json.loads((FIXTURES / f"{name}_hparams.json").read_text()) if with_hparams else None
+    model = from_y0ast(load_port_checkpoint(FIXTURES / f"{name}.pt"), hparams)
+    return model, torch.load(FIXTURES / f"{name}_expected.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("name", sorted(Y0AST))
+def test_y0ast_models_give_the_ports_log_likelihood_decoding_and_class_logits(name: str) -> None:
+    info = Y0AST[name]
+    model, expected = converted_y0ast(name)
+    config = model.config
+    assert (config.levels, config.depth, config.hidden_channels, config.num_classes) == (
+        info["levels"], info["depth"], info["width"], info["classes"])  # fmt: skip
+    assert config.permutation == ("lu" if info["lu"] else info["permutation"]) and config.learn_top == info["learn_top"]
+    x, y = expected["x"], expected["y"] if info["classes"] else None
+    with torch.no_grad():
+        log_p = model.log_prob(x, y).double()
+        error = (log_p - expected["log_likelihood"]).abs() / (x[0].numel() * math.log(2.0))
+        assert error.max() < 1e-4, error
+        # the port's flow.decode of the inputs' top latents, every split at its prior mean
+        decoded = model.decode_levels(model.layout(expected["top_latent"]), lambda lv, h: model.splits[lv].prior(h)[0])
+        theirs = expected["decoded_at_t0"]
+        scale = theirs.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+        assert_close(decoded / scale, theirs / scale, atol=1e-4, rtol=0)
+        if info["classes"]:
+            zs, _ = model.encode(x, y)
+            assert_close(model.classifier_logits(zs[-1]), expected["class_logits"], atol=1e-5, rtol=1e-5)
+    images = torch.randint(0, 256, (4, *config.image_shape), generator=torch.Generator().manual_seed(0)).byte()
+    labels = torch.arange(4) % info["classes"] if info["classes"] else None
+    assert torch.equal(decode_images(model, encode_images(model, images, labels), labels), images)
+
+
+def test_y0ast_needs_its_hparams_only_where_the_tensors_do_not_say(tmp_path, capsys) -> None:
+    converted_y0ast("y0ast_affine_lu_rgb_conditional", with_hparams=False)  # 1x1 convolutions: no hparams
+    with pytest.raises(ConversionError, match="pass the run's hparams.json"):
+        converted_y0ast("y0ast_affine_reverse_gray", with_hparams=False)
+    name = "y0ast_affine_reverse_gray"
+    shuffled = {**json.loads((FIXTURES / f"{name}_hparams.json").read_text()), "flow_permutation": "shuffle"}
+    (tmp_path / "hparams.json").write_text(json.dumps(shuffled))
+    code = main(["convert", "y0ast", str(FIXTURES / f"{name}.pt"), "--hparams", str(tmp_path / "hparams.json"),
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "a shuffle model cannot be converted" in err and err.count("\n") == 1
+    code = main(["convert", "y0ast", str(FIXTURES / f"{name}.pt"), "--hparams", str(FIXTURES / f"{name}_hparams.json"),
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0 and load_model(tmp_path / "out").config.permutation == "reverse"
+    assert main(["convert", "rosinality", str(FIXTURES / "rosinality_affine_lu_gray.pt"), "--out",
+                 str(tmp_path / "r")]) == 1  # fmt: skip
+    assert "pass --image-size and --n-bits" in capsys.readouterr().err
 
 
 def converted(name: str):

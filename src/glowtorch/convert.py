@@ -1,5 +1,17 @@
 """Models trained with other Glow implementations, taken in as glowtorch models that compute the same
-function: ``from_rosinality`` reads a checkpoint of rosinality/glow-pytorch.
+function: ``from_y0ast`` reads a checkpoint of y0ast/Glow-PyTorch, ``from_rosinality`` one of
+rosinality/glow-pytorch.
+
+y0ast/Glow-PyTorch follows the paper's code closely: its coupling network, output convolutions and split
+priors are glowtorch's (interleaved shift/scale and mean/log-std). What differs is arranged here: its
+ActNorm ``logs`` is glowtorch's ``log_scale``; its top prior is a zero-initialized convolution of a zero
+buffer (``learn_top_fn(prior_h)``), split in halves, which becomes glowtorch's learned top prior (the
+same value at every position); its class projections (``LinearZeros``, output times ``exp(3 logs)``)
+become glowtorch's ``label_prior`` and ``classifier`` with the scale folded in. Its ActNorm ``inited`` flag
+is not saved (its own code re-initializes after loading unless told not to): a converted model is
+initialized. Its ``shuffle`` permutation draws its order at random and does not save it, so a shuffle
+model cannot be converted; the architecture is read from the tensors' shapes, and ``hparams.json``
+(written by its train.py) settles ``reverse`` against ``shuffle``, which leave no tensors.
 
 rosinality/glow-pytorch saves a bare ``state_dict`` (through ``nn.DataParallel``: keys start with
 ``module.``) and no configuration: the architecture is read from the tensors' shapes, and what they do not
@@ -30,7 +42,14 @@ from torch import Tensor
 from .checkpoint import CheckpointError
 from .model import Glow, GlowConfig
 
-__all__ = ["ConversionError", "from_rosinality", "load_port_checkpoint", "rosinality_config"]
+__all__ = [
+    "ConversionError",
+    "from_rosinality",
+    "from_y0ast",
+    "load_port_checkpoint",
+    "rosinality_config",
+    "y0ast_config",
+]
 
 
 class ConversionError(CheckpointError):
@@ -187,6 +206,133 @@ def from_rosinality(state: dict[str, Tensor], image_size: int, n_bits: int) -> G
     zeros = torch.zeros(1, weight.shape[1], height, width)
     prior = F.conv2d(F.pad(zeros, (1, 1, 1, 1), value=1.0), weight, bias) * torch.exp(3 * scale)
     model.top_prior.copy_(_interleave(prior[0]).unsqueeze(0))
+    unknown = sorted(set(state) - used)
+    if unknown:
+        raise ConversionError(f"keys this converter does not know: {', '.join(unknown[:3])}"
+                              f"{' and others' if len(unknown) > 3 else ''} (a modified model?)")  # fmt: skip
+    return model.eval()
+
+
+def _layer_index(key: str) -> int | None:
+    found = re.match(r"flow\.layers\.(\d+)\.", key)
+    return int(found.group(1)) if found else None
+
+
+def y0ast_config(state: dict[str, Tensor], hparams: dict | None = None) -> GlowConfig:
+    """The ``GlowConfig`` of a y0ast/Glow-PyTorch ``state_dict`` (and its ``hparams.json``, where given):
+    levels, depth, width, image shape, coupling, permutation, learned top and classes from the tensors."""
+    hparams = hparams or {}
+    if "prior_h" not in state or not any(k.startswith("flow.layers.") for k in state):
+        raise ConversionError("not a y0ast/Glow-PyTorch checkpoint: no prior_h and flow.layers.* keys")
+    indices = sorted({i for k in state if (i := _layer_index(k)) is not None})
+    steps = [i for i in indices if f"flow.layers.{i}.actnorm.bias" in state]
+    splits = [i for i in indices if f"flow.layers.{i}.conv.conv.weight" in state]
+    levels = len(splits) + 1
+    if not steps or len(steps) % levels:
+        raise ConversionError(f"{len(steps)} flow steps do not divide into {levels} levels: not a Glow")
+    first = f"flow.layers.{steps[0]}."
+    squeezed = state[first + "actnorm.bias"].shape[1]
+    hidden = state[first + "block.0.conv.weight"].shape[0]
+    out = state[first + "block.4.conv.weight"].shape[0]
+    top_height, top_width = state["prior_h"].shape[2:]
+    if first + "invconv.lower" in state:
+        permutation = "lu"
+    elif first + "invconv.weight" in state:
+        permutation = "invconv"
+    else:
+        permutation = hparams.get("flow_permutation")
+        if permutation == "shuffle":
+            raise ConversionError("a shuffle model cannot be converted: y0ast/Glow-PyTorch draws the channel "
+                                  "order at random and does not save it")  # fmt: skip
+        if permutation != "reverse":
+            raise ConversionError("the flow steps hold no 1x1 convolution: pass the run's hparams.json "
+                                  "(--hparams) to tell reverse from shuffle")  # fmt: skip
+    classes = state["project_ycond.linear.weight"].shape[1] if "project_ycond.linear.weight" in state else 0
+    try:
+        return GlowConfig(
+            image_shape=(squeezed // 4, top_height * 2**levels, top_width * 2**levels),
+            levels=levels,
+            depth=len(steps) // levels,
+            hidden_channels=hidden,
+            coupling="affine" if out == squeezed else "additive",
+            permutation=permutation,
+            learn_top="learn_top_fn.conv.weight" in state,
+            num_classes=classes,
+            n_bits=int(hparams.get("n_bits", 8)),
+        )
+    except ValueError as error:
+        raise ConversionError(f"this checkpoint describes no Glow glowtorch can build: {error}") from None
+
+
+@torch.no_grad()
+def from_y0ast(state: dict[str, Tensor], hparams: dict | None = None) -> Glow:
+    """A glowtorch ``Glow`` computing the same ``log p(x)`` (and ``log p(x | y)``, encode/decode, class
+    logits) as the y0ast/Glow-PyTorch model of ``state`` (its ``state_dict``; ``hparams``: its
+    ``hparams.json``, needed only for models without 1x1 convolutions)."""
+    state = {k.removeprefix("module."): v.detach().float() for k, v in state.items()}
+    config = y0ast_config(state, hparams)
+    model = Glow(config)
+    used: set[str] = {"prior_h"}
+
+    def take(key: str) -> Tensor:
+        if key not in state:
+            raise ConversionError(f"not a y0ast/Glow-PyTorch checkpoint of this shape: {key} is missing")
+        used.add(key)
+        return state[key]
+
+    def copy(target: Tensor, key: str) -> None:
+        value = take(key)
+        if value.numel() != target.numel():
+            raise ConversionError(f"{key} has {tuple(value.shape)}, expected {tuple(target.shape)}")
+        target.copy_(value.reshape(target.shape))
+
+    indices = sorted({i for k in state if (i := _layer_index(k)) is not None})
+    steps = iter(i for i in indices if f"flow.layers.{i}.actnorm.bias" in state)
+    splits = iter(i for i in indices if f"flow.layers.{i}.conv.conv.weight" in state)
+    for level, sequence in enumerate(model.levels):
+        for step in sequence.layers:
+            prefix = f"flow.layers.{next(steps)}."
+            actnorm, conv, coupling = step.layers
+            copy(actnorm.bias, prefix + "actnorm.bias")
+            copy(actnorm.log_scale, prefix + "actnorm.logs")
+            actnorm.initialized.fill_(True)
+            if config.permutation == "lu":
+                for ours, theirs in (("permutation", "p"), ("lower", "lower"), ("upper", "upper"), ("log_s", "log_s"),
+                                     ("sign_s", "sign_s")):  # fmt: skip
+                    copy(getattr(conv, ours), prefix + "invconv." + theirs)
+            elif config.permutation == "invconv":
+                copy(conv.weight, prefix + "invconv.weight")
+            net = coupling.net
+            copy(net.conv_in.weight, prefix + "block.0.conv.weight")
+            copy(net.norm_in.bias, prefix + "block.0.actnorm.bias")
+            copy(net.norm_in.log_scale, prefix + "block.0.actnorm.logs")
+            copy(net.conv_hidden.weight, prefix + "block.2.conv.weight")
+            copy(net.norm_hidden.bias, prefix + "block.2.actnorm.bias")
+            copy(net.norm_hidden.log_scale, prefix + "block.2.actnorm.logs")
+            net.norm_in.initialized.fill_(True)
+            net.norm_hidden.initialized.fill_(True)
+            copy(net.conv_out.conv.weight, prefix + "block.4.conv.weight")
+            copy(net.conv_out.conv.bias, prefix + "block.4.conv.bias")
+            copy(net.conv_out.log_scale, prefix + "block.4.logs")
+        if level < len(model.splits):
+            prefix = f"flow.layers.{next(splits)}.conv."
+            prior = model.splits[level].prior_net
+            copy(prior.conv.weight, prefix + "conv.weight")
+            copy(prior.conv.bias, prefix + "conv.bias")
+            copy(prior.log_scale, prefix + "logs")
+    if config.learn_top:  # a zero-padded convolution of zeros: its bias, scaled, at every position
+        bias, logs = take("learn_top_fn.conv.bias"), take("learn_top_fn.logs").flatten()
+        used.add("learn_top_fn.conv.weight")
+        top = _interleave(bias * torch.exp(3 * logs))
+        model.top_prior.copy_(top.view(1, -1, 1, 1).expand_as(model.top_prior))
+    if config.num_classes:
+        for ours, theirs in ((model.label_prior, "project_ycond."), (model.classifier, "project_class.")):
+            scale = torch.exp(3 * take(theirs + "logs"))
+            weight, bias = take(theirs + "linear.weight") * scale[:, None], take(theirs + "linear.bias") * scale
+            if ours is model.label_prior:  # their (mean | log-std) halves -> our interleaved rows
+                weight, bias = _interleave(weight), _interleave(bias)
+            ours.weight.copy_(weight)
+            ours.bias.copy_(bias)
     unknown = sorted(set(state) - used)
     if unknown:
         raise ConversionError(f"keys this converter does not know: {', '.join(unknown[:3])}"
