@@ -220,7 +220,8 @@ class OODReport:
         atomic_write(folder / "metrics.md", lambda p: Path(p).write_text(self.table() + "\n"))
         for score in names:
             values = {n: by_score[score] for n, by_score in self.scores.items() if score in by_score}
-            plot_score_histogram(values, folder / f"hist_{score}.png", xlabel=score)
+            label = f"{score} (values beyond the axis: in its end bins)"
+            plot_score_histogram(values, folder / f"hist_{score}.png", xlabel=label, robust=True)
         return folder
 
 

@@ -56,8 +56,12 @@ def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
     return output
 
 
-def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60, xlabel: str = "bits/dim") -> Path:
-    """Overlaid histograms of per-image scores (bits/dim by default), one per dataset (``{name: (N,) tensor}``)."""
+def plot_score_histogram(
+    scores: dict, output: str | Path, bins: int = 60, xlabel: str = "bits/dim", robust: bool = False
+) -> Path:
+    """Overlaid histograms of per-image scores (bits/dim by default), one per dataset (``{name: (N,) tensor}``).
+    With ``robust``, the axis spans each set's 1st to 99th percentile (at most 30 units wide) and values
+    beyond it are counted in the first or last bin, so one set of huge scores does not flatten the rest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,14 +69,20 @@ def plot_score_histogram(scores: dict, output: str | Path, bins: int = 60, xlabe
     import numpy as np
 
     values = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
-    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    counts = {name: len(v) for name, v in values.items()}
+    values = {name: v[np.isfinite(v)] for name, v in values.items()}
+    finite = np.concatenate(list(values.values()))
     low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    if robust and finite.size:
+        low = min(np.quantile(v, 0.01) for v in values.values() if v.size)
+        high = min(max(np.quantile(v, 0.99) for v in values.values() if v.size), low + 30.0)
+        values = {name: np.clip(v, low, high) for name, v in values.items()}
     if high - low < 1e-9:  # one value (a score of 0 everywhere): a bin around it
         low, high = low - 0.5, high + 0.5
     edges = np.linspace(low, high, bins + 1)
     figure, axis = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
     for name, v in values.items():
-        axis.hist(v[np.isfinite(v)], bins=edges, alpha=0.5, density=True, label=f"{name} (n={len(v)})")
+        axis.hist(v, bins=edges, alpha=0.5, density=True, label=f"{name} (n={counts[name]})")
     axis.set_xlabel(xlabel)
     axis.set_ylabel("density")
     axis.legend()
