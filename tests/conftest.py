@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import pytest
 import torch
@@ -88,3 +89,10 @@ def assert_distinct_cells(cells) -> None:
     flat = cells.reshape(len(cells), -1)
     assert (flat.max(1) > 0).all(), "a cell is blank"
     assert len({row.tobytes() for row in flat}) == len(flat), "two cells are the same picture"
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a process group's rendezvous or a local server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

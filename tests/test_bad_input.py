@@ -289,8 +289,8 @@ def test_distributed_init_with_more_init_images_than_exist(tmp_path, init_images
     shares' sizes: the same ActNorm init as one process (before, 4000 crashed rank 1 on an empty share)."""
     import torch.multiprocessing as mp
 
+    from conftest import free_port
     from glowtorch.train import TrainConfig, Trainer
-    from test_distributed import free_port
 
     mp.spawn(_init_worker, args=(2, free_port(), init_images, str(tmp_path)), nprocs=2, join=True)
     config = TrainConfig(batch_size=16, init_images=init_images, steps=1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.testing import assert_close
 
+from conftest import free_port
 from glowtorch import Glow, GlowConfig, load_model
 from glowtorch.data import load_dataset
 from glowtorch.distributed import Distributed, init_distributed, shutdown
@@ -26,12 +26,6 @@ MODEL = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=2, hidden_channels=8)
 TRAIN = TrainConfig(
     batch_size=16, init_images=32, steps=5, eval_every=5, temperatures=(0.5,), lr=2e-3, precision="float32"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str, timeout: float) -> None:

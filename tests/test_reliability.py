@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from conftest import randomize
+from conftest import free_port, randomize
 from glowtorch import GlowConfig
 from glowtorch.checkpoint import checkpoint_paths, load_training_state
 from glowtorch.data import load_dataset
@@ -298,7 +298,7 @@ def test_the_surviving_process_says_in_one_line_that_another_died(tmp_path, laun
     """Two processes (gloo); SIGKILL one while they train: the other exits non-zero within seconds with one
     line, under torchrun and without it."""
     out = tmp_path / "run"
-    port = str(_free_port())
+    port = str(free_port())
     train = [*ARGS, "--steps", "100000", "--eval-every", "50", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOWTORCH_DIST_TIMEOUT": "60"}
     if launcher == "plain":
@@ -328,11 +328,3 @@ def test_the_surviving_process_says_in_one_line_that_another_died(tmp_path, laun
         own = [line for line in err.splitlines() if "Traceback" in line and "torchrun" not in line]
         assert not any("glowtorch/train" in line for line in err.splitlines()), err[-2000:]
         assert len(own) <= err.count("torch.distributed.elastic")  # only torchrun's own tracebacks, if any
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -116,6 +116,28 @@ def _rosinality_config(
     )
 
 
+class _StateKeys:
+    """A port's ``state_dict`` (``module.`` prefixes dropped, float32) read key by key: ``take`` refuses a
+    missing key, and ``refuse_unread`` any key no one took or marked ``used`` (a modified model)."""
+
+    def __init__(self, state: dict[str, Tensor], port: str) -> None:
+        self.state = {k.removeprefix("module."): v.detach().float() for k, v in state.items()}
+        self.port = port
+        self.used: set[str] = set()
+
+    def take(self, key: str) -> Tensor:
+        if key not in self.state:
+            raise ConversionError(f"not a {self.port} checkpoint of this shape: {key} is missing")
+        self.used.add(key)
+        return self.state[key]
+
+    def refuse_unread(self) -> None:
+        unknown = sorted(set(self.state) - self.used)
+        if unknown:
+            raise ConversionError(f"keys this converter does not know: {', '.join(unknown[:3])}"
+                                  f"{' and others' if len(unknown) > 3 else ''} (a modified model?)")  # fmt: skip
+
+
 def _interleave(rows: Tensor) -> Tensor:
     """Rows ``[a_0..a_n, b_0..b_n]`` (halves) as ``[a_0, b_0, a_1, b_1, ...]`` (interleaved), on dim 0."""
     half = rows.shape[0] // 2
@@ -135,16 +157,10 @@ def from_rosinality(state: dict[str, Tensor], image_size: int, n_bits: int) -> G
     """A glowtorch ``Glow`` computing the same ``log p(x)`` (and encode/decode) as the rosinality/glow-pytorch
     model of ``state`` (its ``state_dict``, ``module.`` prefixes allowed) on images of ``image_size`` squared
     pixels reduced to ``n_bits``: its inputs are glowtorch's, ``x in [-0.5, 0.5)``."""
-    state = {k.removeprefix("module."): v.detach().float() for k, v in state.items()}
+    keys = _StateKeys(state, "rosinality/glow-pytorch")
+    state, take, used = keys.state, keys.take, keys.used
     config = rosinality_config(state, image_size, n_bits)
     model = Glow(config)
-    used: set[str] = set()
-
-    def take(key: str) -> Tensor:
-        if key not in state:
-            raise ConversionError(f"not a rosinality/glow-pytorch checkpoint of this shape: {key} is missing")
-        used.add(key)
-        return state[key]
 
     def zero_conv(target, prefix: str, interleave: bool) -> None:
         weight, bias, scale = take(prefix + "conv.weight"), take(prefix + "conv.bias"), take(prefix + "scale")
@@ -206,10 +222,7 @@ def from_rosinality(state: dict[str, Tensor], image_size: int, n_bits: int) -> G
     zeros = torch.zeros(1, weight.shape[1], height, width)
     prior = F.conv2d(F.pad(zeros, (1, 1, 1, 1), value=1.0), weight, bias) * torch.exp(3 * scale)
     model.top_prior.copy_(_interleave(prior[0]).unsqueeze(0))
-    unknown = sorted(set(state) - used)
-    if unknown:
-        raise ConversionError(f"keys this converter does not know: {', '.join(unknown[:3])}"
-                              f"{' and others' if len(unknown) > 3 else ''} (a modified model?)")  # fmt: skip
+    keys.refuse_unread()
     return model.eval()
 
 
@@ -269,16 +282,11 @@ def from_y0ast(state: dict[str, Tensor], hparams: dict | None = None) -> Glow:
     """A glowtorch ``Glow`` computing the same ``log p(x)`` (and ``log p(x | y)``, encode/decode, class
     logits) as the y0ast/Glow-PyTorch model of ``state`` (its ``state_dict``; ``hparams``: its
     ``hparams.json``, needed only for models without 1x1 convolutions)."""
-    state = {k.removeprefix("module."): v.detach().float() for k, v in state.items()}
+    keys = _StateKeys(state, "y0ast/Glow-PyTorch")
+    state, take, used = keys.state, keys.take, keys.used
     config = y0ast_config(state, hparams)
     model = Glow(config)
-    used: set[str] = {"prior_h"}
-
-    def take(key: str) -> Tensor:
-        if key not in state:
-            raise ConversionError(f"not a y0ast/Glow-PyTorch checkpoint of this shape: {key} is missing")
-        used.add(key)
-        return state[key]
+    used.add("prior_h")
 
     def copy(target: Tensor, key: str) -> None:
         value = take(key)
@@ -333,8 +341,5 @@ def from_y0ast(state: dict[str, Tensor], hparams: dict | None = None) -> Glow:
                 weight, bias = _interleave(weight), _interleave(bias)
             ours.weight.copy_(weight)
             ours.bias.copy_(bias)
-    unknown = sorted(set(state) - used)
-    if unknown:
-        raise ConversionError(f"keys this converter does not know: {', '.join(unknown[:3])}"
-                              f"{' and others' if len(unknown) > 3 else ''} (a modified model?)")  # fmt: skip
+    keys.refuse_unread()
     return model.eval()

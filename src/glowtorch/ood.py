@@ -54,6 +54,7 @@ __all__ = [
     "load_ood_set",
     "ood_report",
     "png_bits_per_dim",
+    "typical_images",
 ]
 
 SCORES = ("bpd", "typicality", "complexity", "likelihood_ratio")
@@ -158,11 +159,7 @@ def load_ood_set(spec: str, model: Glow, limit: int | None = None, seed: int = 0
         images = images.to(torch.uint8).contiguous()
     else:
         data = load_dataset(dataset, data_dir or None, train=False, channels=channels)
-        images = data.images[:count]
-        if images.shape[1] != channels:
-            raise DataError(f"{name} images have {images.shape[1]} channel(s), the model expects {channels}")
-        if tuple(images.shape[2:]) != (height, width):
-            images = resize_images(images, (height, width))
+        images = _fit_to_model(data.images[:count], name, model)
     if transform:
         if transform not in TRANSFORMS:
             raise DataError(f"unknown transform {transform!r} in {spec!r}; use one of {', '.join(TRANSFORMS)}")
@@ -173,6 +170,23 @@ def load_ood_set(spec: str, model: Glow, limit: int | None = None, seed: int = 0
         else:
             images = images.flip(3).contiguous()
     return name, images
+
+
+def _fit_to_model(images: Tensor, name: str, model: Glow) -> Tensor:
+    """uint8 ``images`` of a dataset at the model's size (resized); another channel count is refused."""
+    channels, height, width = model.config.image_shape
+    if images.shape[1] != channels:
+        raise DataError(f"{name} images have {images.shape[1]} channel(s), the model expects {channels}")
+    return resize_images(images, (height, width)) if tuple(images.shape[2:]) != (height, width) else images
+
+
+def typical_images(spec: str, model: Glow, count: int = 2000, seed: int = 0) -> Tensor:
+    """``count`` random images of the training split of the dataset ``NAME=DIR``, at the model's size: the
+    images whose mean bits/dim is the typical value of the typicality scores."""
+    name, _, data_dir = spec.partition("=")
+    images = load_dataset(name, data_dir or None, train=True, channels=model.config.image_shape[0]).images
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
+    return _fit_to_model(images[chosen], name, model)
 
 
 # --------------------------------------------------------------------------- the report

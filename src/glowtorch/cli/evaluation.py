@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import load_model
 from ..data import DATASETS, load_dataset_for
 from .common import Shared, UsageError, output_path, positive_int
@@ -125,23 +123,19 @@ def add_ood(sub: argparse._SubParsersAction, shared: Shared) -> None:
 
 
 def cmd_ood(args) -> int:
-    from ..data import load_dataset, resize_images
     from ..files import ensure_writable_dir
-    from ..ood import load_ood_set, ood_report
+    from ..ood import load_ood_set, ood_report, typical_images
 
     model = load_model(args.checkpoint, device=args.device)
     background = load_model(args.background, device=args.device) if args.background else None
     if background is not None and background.config.image_shape != model.config.image_shape:
         raise UsageError(f"the background model takes {background.config.image_shape} images, the model "
                          f"{model.config.image_shape}: train it on the same data")  # fmt: skip
-    name, _, data_dir = args.in_set.partition("=")
+    name = args.in_set.partition("=")[0]
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r} in --in; choose one of {', '.join(DATASETS)}")
     in_set = load_ood_set(args.in_set, model, args.limit)
-    train = load_dataset(name, data_dir or None, train=True, channels=model.config.image_shape[0]).images
-    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.train_images]]
-    if tuple(train.shape[2:]) != model.config.image_shape[1:]:
-        train = resize_images(train, model.config.image_shape[1:])
+    train = typical_images(args.in_set, model, args.train_images)
     out_sets = [load_ood_set(spec, model, args.limit, seed=i) for i, spec in enumerate(args.out_sets, 1)]
     folder = ensure_writable_dir(Path(args.report))
     report = ood_report(model, in_set, out_sets, train, background, args.batch_size, args.draws,
