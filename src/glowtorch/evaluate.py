@@ -71,6 +71,7 @@ def score_images(
     seed: int = 1234,
     dist: Distributed | None = None,
     progress: bool = False,
+    contexts: Tensor | None = None,
 ) -> ImageScores:
     """Per-image bits/dim of uint8 ``images`` ``(N, C, H, W)`` with uniform dequantization noise,
     averaged over ``draws`` fixed-seed draws (the likelihood score used for out-of-distribution detection).
@@ -78,9 +79,11 @@ def score_images(
     ``ComputeConfig``: the one function every reported likelihood comes from.
 
     Class-conditional models need ``labels`` ``(N,)``: the images are scored under their own class,
-    and the latent classifier's predictions come back too. With ``dist``, process r scores batches
-    r, r + W, ... and the results are all-reduced: every process gets all N scores, equal to one
-    process's.
+    and the latent classifier's predictions come back too. Models conditioned on a context score
+    ``-log p(x | context)``: with ``condition="lowres:F"`` each image's context is its own low-resolution
+    version unless ``contexts`` ``(N, C_c, h, w)`` (model space) are given; "tensor:" models need them.
+    With ``dist``, process r scores batches r, r + W, ... and the results are all-reduced: every process
+    gets all N scores, equal to one process's.
     """
     from tqdm import tqdm
 
@@ -92,6 +95,10 @@ def score_images(
         raise ValueError("the model is class-conditional: pass the images' labels")
     conditional = config.num_classes > 0
     n = len(images)
+    if config.condition and contexts is None:
+        contexts = torch.cat([config.context_of(images[s : s + batch_size]) for s in range(0, n, batch_size)])
+    if contexts is not None and len(contexts) != n:
+        raise ValueError(f"pass one context per image: {n} images, {len(contexts)} contexts")
     batches = [(d, s) for d in range(draws) for s in range(0, n, batch_size)]
     # bits/dim of each image summed over draws, then the two predicted classes (+1, so 0 means "not scored")
     totals = torch.zeros(3 * n, dtype=torch.float64)
@@ -103,11 +110,13 @@ def score_images(
             x = dequantize(images[start:stop], config.n_bits, noise=noises[draw](start, stop))
             x = x.to(device=ref.device, dtype=ref.dtype)
             y = labels[start:stop].to(ref.device) if conditional else None
-            zs, logdet, log_prior = model(x, y)
+            context = contexts[start:stop] if contexts is not None else None
+            zs, logdet, log_prior = model(x, y, context=context)
             totals[start:stop] += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
             if conditional and draw == 0:
                 totals[n + start : n + stop] = model.classifier_logits(zs[-1]).argmax(1).double().cpu() + 1
-                totals[2 * n + start : 2 * n + stop] = model.class_log_likelihoods(zs[-1]).argmax(1).double().cpu() + 1
+                by_likelihood = model.class_log_likelihoods(zs[-1], context=context).argmax(1)
+                totals[2 * n + start : 2 * n + stop] = by_likelihood.double().cpu() + 1
     totals = dist.all_reduce_sum(totals.to(ref.device)).cpu()
     if not conditional:
         return ImageScores(totals[:n] / draws)

@@ -183,17 +183,19 @@ def temperature_grid(
     per_row: int,
     generator: torch.Generator | None = None,
     y: Tensor | None = None,
+    *,
+    context: Tensor | None = None,
 ) -> Tensor:
     """``(len(temperatures) * per_row, C, H, W)`` uint8 samples: one row per temperature, the same noise in
     every row (the generator's state is replayed), so rows show the effect of temperature alone (the
-    paper's temperature figure)."""
+    paper's temperature figure). Conditional models take a ``context`` of ``per_row`` (or 1) rows."""
     model.eval()
     generator = generator or torch.Generator(device=model.top_prior.device).manual_seed(0)
     start = generator.get_state()
     rows = []
     for temperature in temperatures:
         generator.set_state(start)
-        rows.append(_to_images(model, model.sample(per_row, temperature, y=y, generator=generator)))
+        rows.append(_to_images(model, model.sample(per_row, temperature, y=y, generator=generator, context=context)))
     return torch.cat(rows)
 
 

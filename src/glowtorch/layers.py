@@ -318,15 +318,25 @@ class CouplingNetwork(nn.Module):
 
 class Coupling(nn.Module):
     """A coupling layer: the first ``C // 2`` channels pass through and condition an element-wise,
-    invertible map of the rest; subclasses define the map."""
+    invertible map of the rest; subclasses define the map.
+
+    With ``context_channels`` > 0 the network also sees a context feature map ``(B, context_channels, H, W)``,
+    concatenated to the conditioning half: ``forward(x, context)``, ``inverse(y, context)``. The map stays
+    invertible in ``x`` for any fixed context.
+    """
 
     out_factor = 1
+    takes_context = True
 
-    def __init__(self, channels: int, hidden_channels: int, network: str = "actnorm", pad_value: float = 0.0) -> None:
+    def __init__(
+        self, channels: int, hidden_channels: int, network: str = "actnorm", pad_value: float = 0.0,
+        context_channels: int = 0,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.split = channels // 2
+        self.context_channels = context_channels
         out = self.out_factor * (channels - self.split)
-        self.net = CouplingNetwork(self.split, out, hidden_channels, network, pad_value)
+        self.net = CouplingNetwork(self.split + context_channels, out, hidden_channels, network, pad_value)
         # None: the network computes in the input's dtype; else under autocast to this dtype.
         self.autocast_dtype: torch.dtype | None = None
 
@@ -335,7 +345,11 @@ class Coupling(nn.Module):
         input's own dtype with None. The element-wise map and its logdet stay in the input's dtype."""
         self.autocast_dtype = dtype
 
-    def network(self, x_cond: Tensor) -> Tensor:
+    def network(self, x_cond: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.context_channels:
+            if context is None:
+                raise ValueError("this coupling is conditioned on a context: pass context")
+            x_cond = torch.cat([x_cond, context.to(x_cond.dtype)], 1)
         if self.autocast_dtype is None:
             return self.net(x_cond)
         with torch.autocast(x_cond.device.type, dtype=self.autocast_dtype):
@@ -343,8 +357,8 @@ class Coupling(nn.Module):
         return h.to(x_cond.dtype)
 
     # Each coupling defines an element-wise map of the transformed half, given the network's output.
-    def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
-        """The map's parameters from the conditioning half ``x_a``."""
+    def _coefficients(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        """The map's parameters from the conditioning half ``x_a`` (and the context)."""
         raise NotImplementedError
 
     def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
@@ -357,22 +371,22 @@ class Coupling(nn.Module):
         """log|det| of the forward map per sample ``(B,)``."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
-        coefficients = self._coefficients(x_a)
+        coefficients = self._coefficients(x_a, context)
         return torch.cat([x_a, self._map_forward(x_b, coefficients)], 1), self._map_logdet(x, coefficients)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
-        coefficients = self._coefficients(y_a)
+        coefficients = self._coefficients(y_a, context)
         return torch.cat([y_a, self._map_inverse(y_b, coefficients)], 1), -self._map_logdet(y, coefficients)
 
-    def rebuild(self, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
+    def rebuild(self, y: Tensor, context: Tensor | None = None) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
         """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
         ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, logdet)."""
         y_a, y_b = y[:, : self.split], y[:, self.split :]
         x_a = y_a.detach().requires_grad_(True)
-        coefficients = self._coefficients(x_a)
+        coefficients = self._coefficients(x_a, context)
         x_b = self._map_inverse(y_b, coefficients).detach().requires_grad_(True)
         y_again = torch.cat([x_a, self._map_forward(x_b, coefficients)], 1)
         return (x_a, x_b), y_again, self._map_logdet(y, coefficients)
@@ -381,8 +395,8 @@ class Coupling(nn.Module):
 class AdditiveCoupling(Coupling):
     """``y_b = x_b + NN(x_a)``, ``y_a = x_a``; logdet 0 (volume preserving)."""
 
-    def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
-        return (self.network(x_a),)
+    def _coefficients(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        return (self.network(x_a, context),)
 
     def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
         return x_b + coefficients[0]
@@ -402,8 +416,8 @@ class AffineCoupling(Coupling):
 
     out_factor = 2
 
-    def _coefficients(self, x_a: Tensor) -> tuple[Tensor, ...]:
-        h = self.network(x_a)
+    def _coefficients(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        h = self.network(x_a, context)
         return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
 
     def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
@@ -434,24 +448,33 @@ class Squeeze(nn.Module):
         return x, y.new_zeros(b)
 
 
+def call_layer(layer: nn.Module, x: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    """``layer(x)`` or ``layer.inverse(x)``, passing ``context`` to the layers that take one (``takes_context``)."""
+    run = layer.inverse if inverse else layer
+    return run(x, context) if getattr(layer, "takes_context", False) else run(x)
+
+
 class FlowSequence(nn.Module):
-    """Layers applied in order; logdets add up. ``inverse`` runs them backwards."""
+    """Layers applied in order; logdets add up. ``inverse`` runs them backwards. A ``context`` reaches the
+    layers that take one."""
+
+    takes_context = True
 
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            x, layer_logdet = layer(x)
+            x, layer_logdet = call_layer(layer, x, context)
             logdet = logdet + layer_logdet
         return x, logdet
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = y.new_zeros(y.shape[0])
         for layer in reversed(self.layers):
-            y, layer_logdet = layer.inverse(y)
+            y, layer_logdet = call_layer(layer, y, context, inverse=True)
             logdet = logdet + layer_logdet
         return y, logdet
 
@@ -470,13 +493,13 @@ class FlowStep(FlowSequence):
 
     def __init__(
         self, channels: int, hidden_channels: int, coupling: str = "affine", permutation: str = "lu",
-        network: str = "actnorm", pad_value: float = 0.0,
+        network: str = "actnorm", pad_value: float = 0.0, context_channels: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(
             [
                 ActNorm(channels),
                 PERMUTATIONS[permutation](channels),
-                COUPLINGS[coupling](channels, hidden_channels, network, pad_value),
+                COUPLINGS[coupling](channels, hidden_channels, network, pad_value, context_channels),
             ]
         )
 
@@ -484,28 +507,28 @@ class FlowStep(FlowSequence):
         """ActNorm runs inside a 1x1 convolution after it, except while it initializes from data."""
         return isinstance(self.layers[1], _Conv1x1) and not self.actnorm.initialize_next
 
-    def unfolded(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def unfolded(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The step as its three layers one after another (the reference the folded path equals)."""
-        return super().forward(x)
+        return super().forward(x, context)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """With a 1x1 convolution, ActNorm and the convolution run as one convolution:
         ``W ((x + b) e^s) = (W diag(e^s)) x + W diag(e^s) b``; logdets add as before."""
         if not self._foldable():
-            return super().forward(x)
+            return super().forward(x, context)
         actnorm, conv, coupling = self.layers
         weight = conv.weight_matrix() * torch.exp(actnorm.log_scale).view(1, -1)
         h = F.conv2d(x, weight[:, :, None, None], weight @ actnorm.bias.flatten())
         logdet = x.shape[2] * x.shape[3] * (actnorm.log_scale.sum() + conv.log_abs_det())
-        y, coupling_logdet = coupling(h)
+        y, coupling_logdet = coupling(h, context)
         return y, logdet + coupling_logdet
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """With a 1x1 convolution: ``x = diag(e^-s) W^-1 h - b``, one convolution with bias."""
         if not self._foldable():
-            return super().inverse(y)
+            return super().inverse(y, context)
         actnorm, conv, coupling = self.layers
-        h, coupling_logdet = coupling.inverse(y)
+        h, coupling_logdet = coupling.inverse(y, context)
         weight = conv.inverse_matrix() * torch.exp(-actnorm.log_scale).view(-1, 1)
         x = F.conv2d(h, weight[:, :, None, None], -actnorm.bias.flatten())
         logdet = -h.shape[2] * h.shape[3] * (actnorm.log_scale.sum() + conv.log_abs_det())
@@ -526,13 +549,15 @@ class Split(nn.Module):
     Not a flow layer of its own (the split has unit Jacobian and no logdet): ``split(h) -> (kept, z)``
     cuts ``(B, C, H, W)`` into ``(B, C - C//2, H, W)`` and ``(B, C//2, H, W)``, ``merge(kept, z)`` puts
     them back together, and ``prior(kept) -> (mean, log_std)`` of ``z`` comes from a zero-initialized
-    conv (standard normal at initialization).
+    conv (standard normal at initialization). With ``context_channels`` > 0 the conv also sees a context
+    feature map, concatenated to ``kept``: ``prior(kept, context)``.
     """
 
-    def __init__(self, channels: int, pad_value: float = 0.0) -> None:
+    def __init__(self, channels: int, pad_value: float = 0.0, context_channels: int = 0) -> None:
         super().__init__()
         self.kept_channels = channels - channels // 2
-        self.prior_net = ZeroConv2d(self.kept_channels, 2 * (channels // 2), pad_value=pad_value)
+        self.context_channels = context_channels
+        self.prior_net = ZeroConv2d(self.kept_channels + context_channels, 2 * (channels // 2), pad_value=pad_value)
 
     def split(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return h[:, : self.kept_channels], h[:, self.kept_channels :]
@@ -540,6 +565,10 @@ class Split(nn.Module):
     def merge(self, kept: Tensor, z: Tensor) -> Tensor:
         return torch.cat([kept, z], 1)
 
-    def prior(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+    def prior(self, kept: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.context_channels:
+            if context is None:
+                raise ValueError("this split's prior is conditioned on a context: pass context")
+            kept = torch.cat([kept, context.to(kept.dtype)], 1)
         h = self.prior_net(kept)
         return h[:, 0::2], h[:, 1::2]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .context import ContextEncoder, condition_kind, context_from_lowres, context_shape, lowres_factor, lowres_images
 from .layers import (
     COUPLING_NETWORKS,
     COUPLINGS,
@@ -21,6 +22,7 @@ from .layers import (
     FlowStep,
     Split,
     Squeeze,
+    ZeroConv2d,
     gaussian_log_prob,
 )
 from .memory import MEMORY_MODES, run_steps
@@ -67,6 +69,10 @@ class GlowConfig:
             rosinality/glow-pytorch; for converted models).
         zero_conv_padding: the value the zero-initialized output convolutions (coupling networks and
             priors) pad their input with: 0 (the paper's code, the default) or 1 (rosinality/glow-pytorch).
+        condition: "" (unconditional), or what the model is conditioned on (``glowtorch.context``):
+            "lowres:F" (the image average-pooled by F: super-resolution) or "tensor:C,H,W" (any context of
+            that shape, given by the user). Every model method then takes ``context``.
+        context_features: width of the context encoder, and the learned feature channels it hands each level.
     """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -81,6 +87,8 @@ class GlowConfig:
     n_bits: int = 8
     coupling_network: str = dataclasses.field(default="actnorm", metadata={"choices": COUPLING_NETWORKS})
     zero_conv_padding: float = 0.0
+    condition: str = ""
+    context_features: int = 32
 
     # Written by glowtorch 0.1.0 into config.json beside the architecture; read and ignored.
     LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")
@@ -115,6 +123,23 @@ class GlowConfig:
             raise ValueError(f"zero_conv_padding must be a finite number, got {self.zero_conv_padding}")
         if not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
+        context_shape(self.condition, self.image_shape)  # refuses a malformed condition
+        if self.context_features < 1:
+            raise ValueError(f"context_features must be >= 1, got {self.context_features}")
+
+    @property
+    def context_shape(self) -> tuple[int, int, int] | None:
+        """``(C_c, h, w)`` of the model's context, None for an unconditional model."""
+        return context_shape(self.condition, self.image_shape)
+
+    def context_of(self, images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The context of uint8 ``images`` ``(B, C, H, W)`` for a built-in condition ("lowres:F"):
+        ``(B, C, H/F, W/F)`` in model space. ``ValueError`` for other models."""
+        if condition_kind(self.condition) != "lowres":
+            what = f"is conditioned on {self.condition!r}: pass its context" if self.condition else "has no context"
+            raise ValueError(f"the model {what}; only 'lowres:F' contexts are made from the images")
+        lowres = lowres_images(images, lowres_factor(self.condition), self.n_bits)
+        return context_from_lowres(lowres, self.n_bits, dtype)
 
     @property
     def num_dims(self) -> int:
@@ -192,6 +217,11 @@ class Glow(nn.Module):
         self.splits = nn.ModuleList()
         self.latent_shapes: list[tuple[int, int, int]] = []
         self.squeeze = Squeeze()
+        sizes = [(height // 2 ** (level + 1), width // 2 ** (level + 1)) for level in range(config.levels)]
+        shape = config.context_shape
+        # In this order (after the flow's own modules: an unconditional model's parameters keep their order).
+        encoder = ContextEncoder(shape[0], config.context_features, sizes) if shape else None
+        context_channels = encoder.out_channels if encoder else 0
         for level in range(config.levels):
             channels, height, width = channels * 4, height // 2, width // 2
             steps = [
@@ -202,12 +232,13 @@ class Glow(nn.Module):
                     config.permutation,
                     config.coupling_network,
                     config.zero_conv_padding,
+                    context_channels,
                 )  # fmt: skip
                 for _ in range(config.depth)
             ]
             self.levels.append(FlowSequence(steps))
             if level < config.levels - 1:
-                split = Split(channels, config.zero_conv_padding)
+                split = Split(channels, config.zero_conv_padding, context_channels)
                 self.splits.append(split)
                 self.latent_shapes.append((channels // 2, height, width))
                 channels = split.kept_channels
@@ -224,6 +255,10 @@ class Glow(nn.Module):
             for linear in (self.label_prior, self.classifier):
                 nn.init.zeros_(linear.weight)
                 nn.init.zeros_(linear.bias)
+        if encoder is not None:
+            self.context_encoder = encoder
+            # The top prior's shift and log-std change from the top level's context features (zero at init).
+            self.context_prior = ZeroConv2d(context_channels, 2 * channels, pad_value=config.zero_conv_padding)
         self.compute = compute or ComputeConfig()
         self._lay_out_weights()
         self.set_compute()
@@ -330,41 +365,89 @@ class Glow(nn.Module):
         self.config.check_label_range(y)
         return y
 
+    def _check_context(self, context: Tensor | None, batch: int) -> Tensor | None:
+        """``context`` ``(B or 1, C_c, h, w)`` checked and expanded to ``batch`` rows, in the model's dtype and
+        device; None for an unconditional model. One-line ``ValueError`` for a missing or wrong context."""
+        shape = self.config.context_shape
+        if shape is None:
+            if context is not None:
+                raise ValueError("this model has no context (it was trained without --condition): do not pass one")
+            return None
+        if context is None:
+            raise ValueError(
+                f"this model is conditioned on {self.config.condition!r}: pass a context of shape "
+                f"(B, {', '.join(map(str, shape))})"
+            )
+        if not isinstance(context, Tensor) or not context.is_floating_point():
+            raise ValueError(
+                "the context must be a float tensor in model space (glowtorch.context_from_lowres or "
+                "GlowConfig.context_of make one from uint8 images)"
+            )
+        if context.dim() != 4 or tuple(context.shape[1:]) != tuple(shape) or context.shape[0] not in (1, batch):
+            raise ValueError(
+                f"the context must have shape ({batch}, {', '.join(map(str, shape))}) (or 1 row for all), "
+                f"got {tuple(context.shape)}"
+            )
+        if not torch.isfinite(context).all():
+            raise ValueError("the context contains NaN or infinite values")
+        context = context.to(device=self.top_prior.device, dtype=self.top_prior.dtype)
+        return context.expand(batch, -1, -1, -1) if context.shape[0] != batch else context
+
+    def context_features(self, context: Tensor | None) -> list[Tensor | None]:
+        """The context encoder's features, one ``(B, C_c + context_features, H_l, W_l)`` map per level
+        (finest first); Nones for an unconditional model (``context`` None)."""
+        if context is None:
+            return [None] * len(self.levels)
+        return [self.layout(f) for f in self.context_encoder(self.layout(context))]
+
     # ----------------------------------------------------------------- priors
-    def top_prior_params(self, batch: int, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Mean and log-std of the top latent: ``(B, C_top, H_top, W_top)`` each."""
+    def top_prior_params(
+        self, batch: int, y: Tensor | None, top_features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and log-std of the top latent: ``(B, C_top, H_top, W_top)`` each; ``top_features`` is the
+        context encoder's map of the top level (conditional models)."""
         h = self.top_prior.expand(batch, -1, -1, -1)
         if y is not None:
             onehot = F.one_hot(y.long(), self.config.num_classes).to(h.dtype)
             shift = self.label_prior(onehot)
             h = h + (shift.view(h.shape) if self.config.class_prior == "spatial" else shift[:, :, None, None])
+        if top_features is not None:
+            h = h + self.context_prior(top_features)
         return h[:, 0::2], h[:, 1::2]
 
-    def class_log_likelihoods(self, z_top: Tensor) -> Tensor:
+    def class_log_likelihoods(self, z_top: Tensor, *, context: Tensor | None = None) -> Tensor:
         """``(B, num_classes)``: ``log p(z_top | y)`` for every class ``y``. Only the top prior depends on
         the class, so this is ``log p(x | y)`` up to a term that is the same for every class: its argmax
-        is the model's own (Bayes) classification of ``x`` under equal class priors."""
+        is the model's own (Bayes) classification of ``x`` under equal class priors (given the ``context``,
+        for models that have one)."""
         if self.config.num_classes == 0:
             raise ValueError("class likelihoods need a class-conditional model (num_classes > 0)")
         batch, classes = z_top.shape[0], self.config.num_classes
+        context = self._check_context(context, batch)
+        top = self.context_features(context)[-1]
         labels = torch.arange(classes, device=z_top.device).repeat(batch)
-        mean, log_std = self.top_prior_params(batch * classes, labels)
+        top = top.repeat_interleave(classes, dim=0) if top is not None else None
+        mean, log_std = self.top_prior_params(batch * classes, labels, top)
         z = z_top.repeat_interleave(classes, dim=0)
         return gaussian_log_prob(z, mean, log_std).view(batch, classes)
 
     # ----------------------------------------------------------------- passes
     @torch.no_grad()
-    def initialize(self, x: Tensor, y: Tensor | None = None, all_reduce_sum=None) -> None:
+    def initialize(
+        self, x: Tensor, y: Tensor | None = None, all_reduce_sum=None, *, context: Tensor | None = None
+    ) -> None:
         """Data-dependent ActNorm initialization from one batch ``x`` ``(B, C, H, W)``.
 
         One forward pass in which every ActNorm (of the flow steps and inside the coupling networks)
         sets itself from the activations reaching it, so the network starts with zero-mean,
         unit-variance activations. ``all_reduce_sum`` (distributed training) sums over processes,
-        giving the statistics of the union of all processes' batches (of any sizes).
+        giving the statistics of the union of all processes' batches (of any sizes). Conditional models
+        take the batch's ``context``: the coupling networks' ActNorms see it too.
         """
         self._check_input(x, data_range=True)
         if y is not None:  # labels only reach the top prior, which initialization does not touch
             self._check_labels(y, x.shape[0])
+        features = self.context_features(self._check_context(context, x.shape[0]))
         actnorms = self.actnorms()
         for actnorm in actnorms:
             actnorm.initialized.fill_(False)
@@ -373,54 +456,62 @@ class Glow(nn.Module):
             h = self.layout(x)
             for level, steps in enumerate(self.levels):
                 h, _ = self.squeeze(h)
-                h, _ = steps(h)
+                h, _ = steps(h, features[level])
                 if level < len(self.splits):
                     h, _ = self.splits[level].split(h)
         finally:
             for actnorm in actnorms:
                 actnorm.initialize_next, actnorm.all_reduce_sum = False, None
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor | None = None, *, context: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
         """One pass for training: (``zs``, ``logdet`` ``(B,)``, ``log_prior`` ``(B,)``, the latents' prior density).
 
-        ``log_prior + logdet`` is ``log_prob(x)``; ``zs[-1]`` feeds ``classifier_logits``.
+        ``log_prior + logdet`` is ``log_prob(x)`` (``log p(x | context)`` for conditional models);
+        ``zs[-1]`` feeds ``classifier_logits``.
         """
         if not torch.compiler.is_compiling():  # data-dependent checks would split a compiled graph
             self._check_input(x)
             y = self._check_labels(y, x.shape[0])
+            context = self._check_context(context, x.shape[0])
             self._require_initialized()
+        features = self.context_features(context)
         h = self.layout(x)
         zs: list[Tensor] = []
         logdet = x.new_zeros(x.shape[0])
         log_prior = x.new_zeros(x.shape[0])
         for level, steps in enumerate(self.levels):
             h, _ = self.squeeze(h)
-            h, step_logdet = run_steps(steps, h, self.compute.memory)
+            h, step_logdet = run_steps(steps, h, self.compute.memory, features[level])
             logdet = logdet + step_logdet
             if level < len(self.splits):
                 split = self.splits[level]
                 h, z = split.split(h)
-                log_prior = log_prior + gaussian_log_prob(z, *split.prior(h))
+                log_prior = log_prior + gaussian_log_prob(z, *split.prior(h, features[level]))
                 zs.append(z)
         zs.append(h)
-        log_prior = log_prior + gaussian_log_prob(h, *self.top_prior_params(h.shape[0], y))
+        log_prior = log_prior + gaussian_log_prob(h, *self.top_prior_params(h.shape[0], y, features[-1]))
         return zs, logdet, log_prior
 
-    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+    def encode(
+        self, x: Tensor, y: Tensor | None = None, *, context: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor]:
         """Data to latents: ``x`` ``(B, C, H, W)`` -> (``zs``, ``logdet`` ``(B,)``), finest latent first."""
-        zs, logdet, _ = self(x, y)
+        zs, logdet, _ = self(x, y, context=context)
         return zs, logdet
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """``(B,)`` log-density in nats of continuous ``x``: sum of latent log-priors + logdet."""
-        _, logdet, log_prior = self(x, y)
+    def log_prob(self, x: Tensor, y: Tensor | None = None, *, context: Tensor | None = None) -> Tensor:
+        """``(B,)`` log-density in nats of continuous ``x``: sum of latent log-priors + logdet (given the
+        ``context`` ``(B or 1, C_c, h, w)`` for conditional models)."""
+        _, logdet, log_prior = self(x, y, context=context)
         return log_prior + logdet
 
-    def classify(self, x: Tensor) -> Tensor:
+    def classify(self, x: Tensor, *, context: Tensor | None = None) -> Tensor:
         """Class logits ``(B, num_classes)`` from the mean-pooled top latent (class-conditional models)."""
         if self.config.num_classes == 0:
             raise ValueError("classify needs a class-conditional model (num_classes > 0)")
-        zs, _ = self.encode(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        zs, _ = self.encode(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), context=context)
         return self.classifier_logits(zs[-1])
 
     def classifier_logits(self, z_top: Tensor) -> Tensor:
@@ -439,11 +530,13 @@ class Glow(nn.Module):
             if not torch.isfinite(z).all():
                 raise ValueError(f"latent {i} contains NaN or infinite values")
 
-    def decode(self, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
-        """Latents (finest first, as ``encode`` returns them) to images ``(B, C, H, W)``."""
+    def decode(self, zs: Sequence[Tensor], y: Tensor | None = None, *, context: Tensor | None = None) -> Tensor:
+        """Latents (finest first, as ``encode`` returns them) to images ``(B, C, H, W)``; conditional models
+        decode under the ``context`` they were encoded with."""
         self._check_latents(zs)
+        context = self._check_context(context, zs[0].shape[0])
         self._require_initialized()
-        return (self._compiled_decode or self._decode)(list(zs))
+        return (self._compiled_decode or self._decode)(list(zs), context)
 
     def compile_decode(self, **options) -> Glow:
         """Runs ``decode``, ``sample`` and ``sample_with_latents`` through ``torch.compile(**options)``
@@ -453,16 +546,24 @@ class Glow(nn.Module):
         self._compiled_sample = torch.compile(self.sample_from_noise, **options)
         return self
 
-    def _decode(self, zs: list[Tensor]) -> Tensor:
-        return self.decode_levels(self.layout(zs[-1]), lambda level, h: self.layout(zs[level]))
+    def _decode(self, zs: list[Tensor], context: Tensor | None = None) -> Tensor:
+        features = self.context_features(context)
+        return self.decode_levels(self.layout(zs[-1]), lambda level, h: self.layout(zs[level]), features)
 
-    def decode_levels(self, h: Tensor, latent: Callable[[int, Tensor], Tensor]) -> Tensor:
+    def decode_levels(
+        self,
+        h: Tensor,
+        latent: Callable[[int, Tensor], Tensor],
+        features: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
         """The top latent ``h`` to images, coarsest level first; ``latent(level, h)`` gives the latent
-        that the split of ``level`` puts back beside ``h`` (the kept half)."""
+        that the split of ``level`` puts back beside ``h`` (the kept half). ``features``: the context
+        encoder's maps (``context_features``) of conditional models."""
+        features = features or [None] * len(self.levels)
         for level in reversed(range(len(self.levels))):
             if level < len(self.splits):
                 h = self.splits[level].merge(h, latent(level, h))
-            h, _ = self.levels[level].inverse(h)
+            h, _ = self.levels[level].inverse(h, features[level])
             h, _ = self.squeeze.inverse(h)
         return h
 
@@ -484,13 +585,17 @@ class Glow(nn.Module):
         temperature: float | Sequence[float] = 0.7,
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        context: Tensor | None = None,
     ) -> tuple[list[Tensor], Tensor]:
         """Draws latents from the prior, each level's std scaled by its temperature (a number, or
-        one per level, finest first), and decodes them in the same pass: returns (zs, images)."""
+        one per level, finest first), and decodes them in the same pass: returns (zs, images).
+        Conditional models sample from ``p(x | context)``: ``context`` ``(n or 1, C_c, h, w)``."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         temperatures = self._temperatures(temperature)
         y = self._check_labels(y, n)
+        context = self._check_context(context, n)
         self._require_initialized()
         ref = self.top_prior
         # All the noise first, coarsest level first (the order decoding uses it), so that the rest is
@@ -499,21 +604,24 @@ class Glow(nn.Module):
             torch.randn((n, *self.latent_shapes[i]), generator=generator, dtype=ref.dtype, device=ref.device)
             for i in reversed(range(len(self.latent_shapes)))
         ][::-1]
-        return (self._compiled_sample or self.sample_from_noise)(noise, temperatures, y)
+        return (self._compiled_sample or self.sample_from_noise)(noise, temperatures, y, context)
 
     def sample_from_noise(
-        self, noise: list[Tensor], temperatures: list[float], y: Tensor | None
+        self, noise: list[Tensor], temperatures: list[float], y: Tensor | None, context: Tensor | None = None
     ) -> tuple[list[Tensor], Tensor]:
         """Standard-normal ``noise`` (one per latent, finest first) to (latents, images): each latent is
         its prior's mean plus ``temperature * std * noise``, decoded in the same pass."""
-        h = self.layout(self._scaled(*self.top_prior_params(noise[-1].shape[0], y), temperatures[-1], noise[-1]))
+        features = self.context_features(context)
+        prior = self.top_prior_params(noise[-1].shape[0], y, features[-1])
+        h = self.layout(self._scaled(*prior, temperatures[-1], noise[-1]))
         zs: list[Tensor] = [h] * len(self.latent_shapes)  # the top latent last; decoding fills the others
 
         def draw(level: int, kept: Tensor) -> Tensor:
-            zs[level] = self._scaled(*self.splits[level].prior(kept), temperatures[level], self.layout(noise[level]))
+            mean, log_std = self.splits[level].prior(kept, features[level])
+            zs[level] = self._scaled(mean, log_std, temperatures[level], self.layout(noise[level]))
             return zs[level]
 
-        return zs, self.decode_levels(h, draw)
+        return zs, self.decode_levels(h, draw, features)
 
     @staticmethod
     def _scaled(mean: Tensor, log_std: Tensor, temperature: float, eps: Tensor) -> Tensor:
@@ -526,6 +634,9 @@ class Glow(nn.Module):
         temperature: float | Sequence[float] = 0.7,
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        context: Tensor | None = None,
     ) -> Tensor:
-        """``n`` images ``(n, C, H, W)`` in model space; ``temperature`` 0 gives the prior's mode."""
-        return self.sample_with_latents(n, temperature, y, generator)[1]
+        """``n`` images ``(n, C, H, W)`` in model space; ``temperature`` 0 gives the prior's mode. Conditional
+        models take ``context`` ``(n or 1, C_c, h, w)``."""
+        return self.sample_with_latents(n, temperature, y, generator, context=context)[1]

@@ -3,6 +3,7 @@ run on another number of processes, sees exactly the images and noise of an unin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -18,12 +19,14 @@ __all__ = ["Batch", "BatchSource"]
 
 class Batch(NamedTuple):
     """One process's share of a step's batch: model inputs ``x`` ``(b, C, H, W)`` (dequantized), labels
-    ``y`` ``(b,)`` of class-conditional models (else None), and the images' ``indices`` ``(b,)`` in the
-    training set."""
+    ``y`` ``(b,)`` of class-conditional models (else None), the images' ``indices`` ``(b,)`` in the
+    training set, and the ``context`` ``(b, C_c, h, w)`` of models conditioned on one (else None), made
+    from the very images of ``x`` (after flips and shifts, before dequantization noise)."""
 
     x: Tensor
     y: Tensor | None
     indices: Tensor
+    context: Tensor | None = None
 
 
 class BatchSource:
@@ -31,9 +34,11 @@ class BatchSource:
     with the configured flips, shifts and dequantization noise; this process reads only its share."""
 
     def __init__(
-        self, data: Dataset, config: TrainConfig, n_bits: int, labels: bool, dist: Distributed, device: torch.device
-    ) -> None:
+        self, data: Dataset, config: TrainConfig, n_bits: int, labels: bool, dist: Distributed, device: torch.device,
+        context_of: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:  # fmt: skip
         self.data, self.config, self.n_bits, self.labels = data, config, n_bits, labels
+        self.context_of = context_of
         self.dist, self.device = dist, device
         self.steps_per_epoch = len(data) // config.batch_size
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
@@ -74,4 +79,5 @@ class BatchSource:
         noise = torch.rand((batch, *images.shape[1:]), generator=generator, dtype=torch.float32)[mine]
         x = dequantize(images, self.n_bits, noise=noise)
         y = self.data.labels[indices].to(self.device) if self.labels else None
-        return Batch(x.to(self.device), y, indices)
+        context = self.context_of(images).to(self.device) if self.context_of else None
+        return Batch(x.to(self.device), y, indices, context)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, rng_state, set_rng_state
+from ..context import condition_kind
 from ..data import Dataset, step_generator
 from ..distributed import Distributed
 from ..evaluate import evaluate_bits_per_dim
@@ -100,8 +101,14 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config.optimizer, params, config.lr, save_memory=config.memory != "standard")
         self.objective: nn.Module = TrainingObjective(self.model, config.weight_y)
+        if condition_kind(model_config.condition) == "tensor":
+            raise ValueError(
+                f"a {model_config.condition!r} context comes from your own code: train such a model in your own "
+                "loop (loss: -model.log_prob(x, context=c)); glowtorch train makes 'lowres:F' contexts"
+            )
+        context_of = model_config.context_of if model_config.condition else None
         self.batches = BatchSource(train_data, config, model_config.n_bits, model_config.num_classes > 0,
-                                   self.dist, self.device)  # fmt: skip
+                                   self.dist, self.device, context_of)  # fmt: skip
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.step = 0
         self.bad_steps = 0
@@ -191,11 +198,14 @@ class Trainer:
             raise ValueError(f"--init-images ({count}) must be at least the number of processes ({dist.world_size})")
         order = torch.randperm(len(self.train_data), generator=step_generator(config.seed, 0, stream=2))
         chosen = order[:count]
-        x = dequantize(
-            self.train_data.images[chosen], self.model_config.n_bits, generator=step_generator(config.seed, 0, stream=3)
-        )
+        images = self.train_data.images[chosen]
+        x = dequantize(images, self.model_config.n_bits, generator=step_generator(config.seed, 0, stream=3))
         mine = torch.tensor_split(x, dist.world_size)[dist.rank].to(self.device)
-        self.model.initialize(mine, all_reduce_sum=dist.all_reduce_sum if dist.enabled else None)
+        context = None
+        if self.model_config.condition:
+            context = torch.tensor_split(self.model_config.context_of(images), dist.world_size)[dist.rank]
+            context = context.to(self.device)
+        self.model.initialize(mine, all_reduce_sum=dist.all_reduce_sum if dist.enabled else None, context=context)
         if self.ema is not self.model:
             self.ema.load_state_dict(self.model.state_dict())
 
@@ -242,11 +252,11 @@ class Trainer:
     def train_step(self, loss_fn: nn.Module) -> bool:
         """One optimizer step on the batch of ``self.step``; returns False (and changes nothing) when the loss
         or gradient is not finite on any process. Does not advance ``self.step``."""
-        x, y, indices = self.batch(self.step)
+        x, y, indices, context = self.batch(self.step)
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.lr_scale)
-        loss, per_image = loss_fn(x, y)
+        loss, per_image = loss_fn(x, y, context)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # always, even when non-finite: other processes wait on the gradient all-reduce
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
@@ -322,7 +332,14 @@ class Trainer:
             if self.model_config.num_classes:
                 labels = torch.arange(config.samples_per_row, device=self.device) % self.model_config.num_classes
             generator = torch.Generator(device=self.device).manual_seed(config.seed)
-            grid = temperature_grid(self.ema, config.temperatures, config.samples_per_row, generator, labels)
+            context = None
+            if self.model_config.condition:  # each column the context of one test (or training) image
+                source = self.test_data if self.test_data is not None else self.train_data
+                context = self.model_config.context_of(source.images[: config.samples_per_row])
+                context = context.to(self.device).repeat(-(-config.samples_per_row // len(context)), 1, 1, 1)
+                context = context[: config.samples_per_row]
+            grid = temperature_grid(self.ema, config.temperatures, config.samples_per_row, generator, labels,
+                                    context=context)  # fmt: skip
             self.run_dir.save(self.step, metrics, grid, config.samples_per_row, self.ema, self.state(),
                               config.keep_checkpoints)  # fmt: skip
         self.dist.barrier()

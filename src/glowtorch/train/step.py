@@ -38,9 +38,10 @@ def make_optimizer(
 class TrainingObjective(nn.Module):
     """The training loss as a module, so DistributedDataParallel sees every parameter used in one forward.
 
-    ``forward(x, y) -> (loss, bits/dim (B,))``: the loss is the mean bits/dim of ``x`` plus, for
-    class-conditional models, ``weight_y`` times the latent classifier's cross-entropy in bits per image
-    (reference code); each image's bits/dim comes back too, for the training diagnostics.
+    ``forward(x, y, context) -> (loss, bits/dim (B,))``: the loss is the mean bits/dim of ``x`` (given the
+    ``context`` for models conditioned on one) plus, for class-conditional models, ``weight_y`` times the
+    latent classifier's cross-entropy in bits per image (reference code); each image's bits/dim comes back
+    too, for the training diagnostics.
     """
 
     def __init__(self, model: Glow, weight_y: float = 0.0) -> None:
@@ -48,9 +49,9 @@ class TrainingObjective(nn.Module):
         self.model = model
         self.weight_y = weight_y
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor | None = None, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         config = self.model.config
-        zs, logdet, log_prior = self.model(x, y)
+        zs, logdet, log_prior = self.model(x, y, context=context)
         per_image = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits)
         bpd = per_image.mean()
         if y is None:
