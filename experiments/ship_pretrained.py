@@ -10,6 +10,11 @@ samples per temperature, one row per class)::
 records wall time only. ``--fit-class-prior`` (class-conditional runs) gives the shipped model a
 ``class_prior="spatial"`` top prior fitted to the training set (``glowtorch.train.fit_class_prior``):
 the flow is the run's, unchanged.
+
+Super-resolution runs (``--condition lowres:F``) are measured by the command the card gives,
+``glowtorch superres pretrained:NAME --baseline pretrained:mnist ...`` (run here through
+``glowtorch.cli.main``, so the card holds what that command prints), and ``--twin RUN`` (an unconditional
+run of the same recipe and budget) is evaluated beside; they ship without the demo's reference files.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from pathlib import Path
 import torch
 
 from glowtorch.checkpoint import load_model, resolve_checkpoint, save_model
+from glowtorch.cli import main as glowtorch
 from glowtorch.data import load_dataset
 from glowtorch.evaluate import score_images, summarize_scores
 from glowtorch.images import save_grid
 from glowtorch.latent import round_trip_report, temperature_grid
 from glowtorch.model import Glow
 from glowtorch.plots import plot_metrics, read_metrics
+from glowtorch.pretrained import pretrained_card
 from glowtorch.reference import build_reference
 from glowtorch.train import fit_class_prior
 
@@ -66,14 +73,17 @@ def with_fitted_class_prior(model: Glow, data_dir: str) -> Glow:
     return spatial.eval()
 
 
-def figures(model, run: Path, name: str, out: Path) -> dict[str, str]:
+def figures(model, run: Path, name: str, out: Path, data_dir: str) -> dict[str, str]:
     """The card's pictures under ``out``; returns ``{kind: file name}``."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"curve": f"model-{name}-curve.png", "samples": f"model-{name}-samples.png"}
     plot_metrics(run / "metrics.jsonl", out / files["curve"])
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(10) % model.config.num_classes if model.config.num_classes else None
-    grid = temperature_grid(model, TEMPERATURES, 10, generator, labels)
+    context = None
+    if model.config.condition:  # column k: the context of test image k
+        context = model.config.context_of(load_dataset("mnist", data_dir, train=False).images[:10])
+    grid = temperature_grid(model, TEMPERATURES, 10, generator, labels, context=context)
     save_grid(grid, out / files["samples"], columns=10, scale=2)
     if model.config.num_classes:
         files["classes"] = f"model-{name}-classes.png"
@@ -81,6 +91,29 @@ def figures(model, run: Path, name: str, out: Path) -> dict[str, str]:
         samples = temperature_grid(model, [0.7], len(y), torch.Generator().manual_seed(1), y)
         save_grid(samples, out / files["classes"], columns=10, scale=2)
     return files
+
+
+def superres_measurements(args, card: dict) -> dict:
+    """``glowtorch superres`` on the shipped model (its figure into docs/figures), and the twin's bits/dim."""
+    import tempfile
+
+    figure = ROOT / "docs" / "figures" / f"model-{args.name}-superres.png"
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "superres.json"
+        argv = ["superres", f"pretrained:{args.name}", "--dataset", "mnist", "--data-dir", args.data_dir,
+                "--baseline", "pretrained:mnist", "--draws", str(args.draws), "--figure", str(figure),
+                "--json", str(report)]  # fmt: skip
+        assert glowtorch(argv) == 0
+        result = json.loads(report.read_text())
+    assert abs(result["test_bpd"] - card["test_bpd"]) < 1e-12, (result["test_bpd"], card["test_bpd"])
+    result["command"] = "glowtorch " + " ".join(argv[:-4]).replace(args.data_dir, "DIR") + " --figure superres.png"
+    if args.twin:
+        twin = load_model(resolve_checkpoint(args.twin)).eval()
+        twin_scores, _ = measure(twin, load_dataset("mnist", args.data_dir, train=False), args.draws)
+        twin_metrics = read_metrics(args.twin / "metrics.jsonl")
+        result["twin"] = {"test_bpd": twin_scores["test_bpd"], "steps": twin_metrics[-1]["step"],
+                          "command": args.twin_command}  # fmt: skip
+    return result
 
 
 def card_text(card: dict, files: dict[str, str]) -> str:
@@ -98,6 +131,11 @@ def card_text(card: dict, files: dict[str, str]) -> str:
         f"channels wide, {arch['coupling']} coupling, {arch['permutation']} 1x1 convolutions, learned top prior, "
         f"{arch['n_bits']}-bit {card['dataset']} images of shape {tuple(arch['image_shape'])}"
         + (f", conditioned on {arch['num_classes']} classes" if arch["num_classes"] else "")
+        + (
+            f", conditioned on `{arch['condition']}` (a context encoder {arch['context_features']} channels wide)"
+            if arch.get("condition")
+            else ""
+        )
         + f": {card['parameters']:,} parameters, {card['weights_mb']:.1f} MB of weights (float32, EMA).",
         "",
         "## Training",
@@ -145,14 +183,79 @@ def card_text(card: dict, files: dict[str, str]) -> str:
         "",
         "## Samples",
         "",
-        "One row per temperature: " + ", ".join(f"{t:g}" for t in TEMPERATURES) + " (top to bottom).",
+        "One row per temperature: "
+        + ", ".join(f"{t:g}" for t in TEMPERATURES)
+        + " (top to bottom)"
+        + ("; column k is drawn given the low-resolution version of test image k." if "superres" in card else "."),
         "",
         f"![samples](figures/{files['samples']})",
         "",
     ]
     if "classes" in files:
         lines += ["One row per class, 0 to 9, at temperature 0.7:", "", f"![classes](figures/{files['classes']})", ""]
+    if "superres" in card:
+        lines += superres_text(card, files)
     return "\n".join(lines)
+
+
+def superres_text(card: dict, files: dict[str, str]) -> list[str]:
+    """The card's super-resolution section."""
+    sr = card["superres"]
+    side = card["architecture"]["image_shape"][1] // sr["factor"]
+    mnist = pretrained_card("mnist")
+    rows = [
+        f"| `pretrained:{card['name']}`, given the {side}x{side} image | **{sr['test_bpd']:.4f}** | "
+        f"{card['steps']:,} steps, {card['cpu_hours']:.2f} CPU-hours |",
+    ]
+    if "twin" in sr:
+        twin = sr["twin"]
+        rows.append(f"| the same architecture without a context, same recipe and budget | {twin['test_bpd']:.4f} | "
+                    f"{twin['steps']:,} steps, trained beside it: `{twin['command']}` |")  # fmt: skip
+    rows.append(f"| `pretrained:mnist`, no context | {sr['baseline_bpd']:.4f} | {mnist['steps']:,} steps, "
+                f"{mnist['cpu_hours']:.2f} CPU-hours |")  # fmt: skip
+    lines = [
+        "## Super-resolution",
+        "",
+        f"Measured on the {sr['images']:,} test images by",
+        "",
+        "```",
+        sr["command"],
+        "```",
+        "",
+        f"({card['draws']} dequantization draws for bits/dim; one sample per image and temperature; grey levels "
+        "of 0..255).",
+        "",
+        "| model | test bits/dim | training |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"The difference between a model without a context and one given the {side}x{side} image is what that "
+        "image tells about the digit, in bits per pixel of the 28x28 image.",
+        "",
+        f"Fidelity: the mean absolute difference between a sample's {sr['factor']}x average-pooled version and "
+        "its context (0 when the sample is an image that context came from).",
+        "",
+        "| temperature | " + " | ".join(sr["fidelity_mae"]) + " | bicubic upsampling |",
+        "|---|" + "---|" * (len(sr["fidelity_mae"]) + 1),
+        "| grey levels | "
+        + " | ".join(f"{v:.2f}" for v in sr["fidelity_mae"].values())
+        + f" | {sr['bicubic_fidelity_mae']:.2f} |",
+        "",
+        f"PSNR against the true image (mean over images): the mode (temperature 0) **{sr['psnr_mode']:.2f} dB**, "
+        f"bicubic upsampling {sr['psnr_bicubic']:.2f} dB.",
+        "",
+        f"Diversity: the per-pixel standard deviation across {sr.get('samples', 8)} samples of one context, "
+        "averaged over pixels and contexts: "
+        + ", ".join(f"{v:.1f} grey levels at temperature {t}" for t, v in sr["diversity"].items())
+        + ".",
+        "",
+        "Per test image: its context (enlarged), bicubic upsampling, three samples at temperature 0.6, three at "
+        "1.0, the true image:",
+        "",
+        f"![super-resolution](figures/{files['superres']})",
+        "",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -168,6 +271,8 @@ def main() -> None:
     parser.add_argument("--summary", required=True, help="the card's first sentence")
     parser.add_argument("--history", default="", help="how the run went, if not one uninterrupted command")
     parser.add_argument("--fit-class-prior", action="store_true", help="ship a spatial class prior, fitted")
+    parser.add_argument("--twin", type=Path, help="super-resolution: an unconditional run of the same recipe")
+    parser.add_argument("--twin-command", default="", help="the twin's training command")
     args = parser.parse_args()
 
     model_dir = resolve_checkpoint(args.run)
@@ -205,8 +310,13 @@ def main() -> None:
     save_model(model, target)
     card["weights_mb"] = (target / "model.safetensors").stat().st_size / 2**20
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    build_reference(model, target, "mnist", args.data_dir, scores=per_image)  # the demo's test scores and directions
-    files = figures(model, args.run, args.name, ROOT / "docs" / "figures")
+    files = figures(model, args.run, args.name, ROOT / "docs" / "figures", args.data_dir)
+    if model.config.condition:
+        card["superres"] = superres_measurements(args, card)
+        files["superres"] = f"model-{args.name}-superres.png"
+        (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    else:
+        build_reference(model, target, "mnist", args.data_dir, scores=per_image)  # the demo's scores and directions
     (ROOT / "docs" / f"model-{args.name}.md").write_text(card_text(card, files))
     print(json.dumps({k: v for k, v in card.items() if k != "architecture"}, indent=2))
 

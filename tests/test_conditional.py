@@ -181,3 +181,41 @@ def test_bad_contexts_are_refused_in_one_line() -> None:
         plain.log_prob(images(2), context=c)
     with pytest.raises(ValueError, match="has no context"):
         plain.decode(plain.encode(images(2))[0], context=c)
+
+
+def test_superres_report_measures_samples_against_context_truth_and_bicubic() -> None:
+    from glowtorch.preprocess import to_uint8
+    from glowtorch.superres import bicubic_upsample, superres_report
+
+    flat = torch.full((2, 1, 2, 2), 77, dtype=torch.uint8)
+    assert (bicubic_upsample(flat, (8, 8)) == 77).all()
+    model = random_model(image_shape=(1, 8, 8), condition="lowres:2", context_features=4, scale=0.05).float()
+    images = (torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    report = superres_report(model, images, temperatures=(0.6, 0.3), diversity_samples=3)
+    lowres = lowres_images(images, 2)
+    generator = torch.Generator().manual_seed(0)
+    samples = to_uint8(model.sample(5, 0.6, generator=generator, context=context_from_lowres(lowres)).clamp(-0.5, 0.5))
+    expected = (lowres_images(samples, 2).double() - lowres.double()).abs().mean().item()
+    assert report["fidelity_mae"]["0.6"] == pytest.approx(expected, abs=1e-12)
+    bicubic = bicubic_upsample(lowres, (8, 8)).double()
+    psnr = 10 * torch.log10(255**2 / (bicubic - images.double()).pow(2).flatten(1).mean(1))
+    assert report["psnr_bicubic"] == pytest.approx(psnr.mean().item())
+    assert report["bicubic_fidelity_mae"] == pytest.approx(
+        (lowres_images(bicubic.to(torch.uint8), 2).double() - lowres.double()).abs().mean().item()
+    )
+    assert 0 < report["diversity"]["0.3"] < report["diversity"]["0.6"]  # the lower temperature, the closer
+    with pytest.raises(ValueError, match="lowres:F"):
+        superres_report(random_model(), images)
+
+
+def test_bfloat16_coupling_networks_take_the_context_too() -> None:
+    model = conditional_model(condition="lowres:2", scale=0.1).float()
+    x, c = images(4, model.config.image_shape, dtype=torch.float32), contexts(model, 4).float()
+    exact = model.log_prob(x, context=c)
+    model.set_compute(precision="bfloat16")
+    rounded = model.log_prob(x, context=c)
+    other = model.log_prob(x, context=contexts(model, 4, seed=9).float())
+    assert (rounded - exact).abs().max() < 0.01 * exact.abs().max()
+    assert (other - exact).abs().max() > 10 * (rounded - exact).abs().max()  # the context still counts
+    with model.full_precision():
+        assert torch.equal(model.log_prob(x, context=c), exact)

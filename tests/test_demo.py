@@ -247,3 +247,66 @@ def test_the_page_builds_for_both_kinds_of_model(num_classes: int) -> None:
     assert isinstance(app, gr.Blocks) and {"samples", "reconstruction", "frame", "edited"} <= set(components)
     assert components["label"].visible == bool(num_classes) and components["relabel"].visible == bool(num_classes)
     assert sum(components[f"direction-{i}"].visible for i in range(MAX_SLIDERS)) == 10
+
+
+# --------------------------------------------------------------------------- super-resolve
+
+
+def sr_model(seed: int = 1) -> Glow:
+    torch.manual_seed(seed)
+    config = GlowConfig(image_shape=(1, 28, 28), levels=2, depth=1, hidden_channels=8, condition="lowres:4",
+                        context_features=4)  # fmt: skip
+    return randomize(Glow(config), scale=0.05, seed=seed).eval()
+
+
+def test_superresolve_samples_given_the_images_low_resolution_version() -> None:
+    from glowtorch.context import lowres_images
+
+    model = sr_model()
+    explorer = Explorer(mnist_like_model(), "tiny", superres=model)
+    image = digit()
+    result = explorer.superresolve(image, 0.6, seed=3, n=6)
+    assert result.lowres.tolist() == lowres_images(image.unsqueeze(0), 4)[0].tolist()  # 7x7
+    assert result.samples.shape == (6, 1, 28, 28) and result.samples.dtype == torch.uint8
+    expected = model.sample(6, 0.6, generator=torch.Generator().manual_seed(3),
+                            context=model.config.context_of(image.unsqueeze(0)))  # fmt: skip
+    assert result.samples.tolist() == torch.floor((expected.clamp(-0.5, 0.5) + 0.5) * 256).clamp(0, 255).byte().tolist()
+    # each sample's bits/dim given the context, scored as every reported likelihood is
+    context = model.config.context_of(image.unsqueeze(0)).expand(7, -1, -1, -1)
+    both = torch.cat([image.unsqueeze(0), result.samples])
+    scores = score_images(model, both, draws=READ_DRAWS, contexts=context).bits_per_dim
+    assert result.bits_per_dim.tolist() == scores[1:].tolist() and result.image_bits_per_dim == scores[0].item()
+    own = score_images(model, result.samples, draws=READ_DRAWS).bits_per_dim  # each under its own 7x7 version
+    assert not torch.allclose(own, scores[1:])
+    again = explorer.superresolve(image, 0.6, seed=3, n=6)
+    assert again.samples.tolist() == result.samples.tolist()
+    modes = explorer.superresolve(image, 0.0, n=3).samples
+    assert (modes == modes[0]).all()
+    other = explorer.superresolve(digit(90), 0.0, n=1).samples
+    assert not (other[0] == modes[0]).all()  # another context, another mode
+
+
+def test_superresolve_refuses_bad_values_and_models() -> None:
+    explorer = Explorer(mnist_like_model(), "tiny", superres=sr_model())
+    for kwargs, message in [({"temperature": 1.5}, "temperature"), ({"temperature": 0.5, "n": 0}, "number of samples")]:
+        with pytest.raises(DemoError, match=message):
+            explorer.superresolve(digit(), **kwargs)
+    with pytest.raises(DemoError, match="no super-resolution model"):
+        Explorer(mnist_like_model(), "tiny").superresolve(digit(), 0.5)
+    with pytest.raises(ValueError, match="Super-resolve tab"):
+        Explorer(sr_model(), "sr")
+    with pytest.raises(ValueError, match="conditioned on 'lowres:F'"):
+        Explorer(mnist_like_model(), "tiny", superres=mnist_like_model(seed=2))
+
+
+def test_the_page_has_a_super_resolve_tab_with_a_super_resolution_model() -> None:
+    pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
+    from glowtorch.demo import build_app
+
+    def ids(explorer: Explorer) -> set[str]:
+        return {c.elem_id for c in build_app(explorer).blocks.values() if getattr(c, "elem_id", None)}
+
+    assert {"sr-pad", "sr-upload", "sr-pick", "sr-temperature", "superres", "sr-lowres", "sr-samples"} <= ids(
+        Explorer(mnist_like_model(), "tiny", superres=sr_model())
+    )
+    assert "superres" not in ids(Explorer(mnist_like_model(), "tiny"))

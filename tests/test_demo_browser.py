@@ -11,11 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from conftest import free_port
@@ -183,6 +185,31 @@ def test_the_edit_sliders_change_the_chosen_image(page, tmp_path) -> None:
         page.get_by_role("tab", name="Draw or upload").click()
         page.wait_for_timeout(500)
         page.screenshot(path=str(target / "demo.png"))
+
+
+def test_super_resolve_shows_the_7x7_version_and_samples_with_their_bits_per_dim(page, tmp_path) -> None:
+    from glowtorch.context import lowres_images
+    from glowtorch.demo.inputs import DISPLAY
+
+    canvas = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(canvas).line([(14, 5), (14, 23)], fill=255, width=3)  # a 1
+    canvas.save(tmp_path / "one.png")
+    page.get_by_role("tab", name="Super-resolve").click()
+    page.locator("#sr-upload input[type=file]").set_input_files(str(tmp_path / "one.png"))
+    expect(page.locator("#sr-reading")).to_contain_text("bits/dim given the 7x7 image", timeout=30_000)
+    expect(page.locator("#sr-reading")).to_contain_text("16 samples at temperature 0.6")
+    page.screenshot(path=str(tmp_path / "superres.png"), full_page=True)
+    # the page's 7x7 version, read back from the picture it serves: the digit average-pooled by 4
+    source = urllib.parse.urljoin(page.url, image_source(page, "sr-lowres"))
+    served = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(source).read())).convert("L"))
+    block = 4 * DISPLAY  # each 7x7 pixel: 4x4 pixels of the digit, each shown DISPLAY x DISPLAY
+    expected = lowres_images(torch.from_numpy(np.asarray(canvas))[None, None], 4)[0, 0].numpy()
+    assert served.shape == (28 * DISPLAY, 28 * DISPLAY) and (served[::block, ::block] == expected).all()
+    shown = np.asarray(Image.open(io.BytesIO(page.locator("#sr-samples img").first.screenshot())).convert("L"))
+    assert shown.min() < 50 and shown.max() > 200  # white strokes on black
+    before = image_source(page, "sr-samples")
+    set_number(page, "sr-seed", 5)
+    changed(page, "sr-samples", before)
 
 
 def test_ctrl_c_stops_the_server_cleanly(server, page) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "holds_run",
     "require_new_model_dir",
     "require_new_run",
+    "load_baseline",
     "load_model",
     "load_pretrained",
     "load_training_state",
@@ -110,6 +111,21 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glo
         )
     model.load_state_dict(state)
     return model
+
+
+def load_baseline(config: GlowConfig, spec: str | Path, device: str | torch.device = "cpu") -> Glow:
+    """The unconditional model ``spec`` (folder or ``pretrained:NAME``) to score beside a conditional model of
+    ``config``: ``ValueError`` unless it models the same images (shape, n_bits) without classes or a context."""
+    if not config.condition:
+        raise ValueError("a baseline is compared with a conditional model (trained with --condition)")
+    baseline = load_model(spec, device=device)
+    other = baseline.config
+    if other.condition or other.num_classes or (other.image_shape, other.n_bits) != (config.image_shape, config.n_bits):
+        raise ValueError(
+            f"the baseline {spec} must be an unconditional model of the same images ({config.image_shape}, "
+            f"{config.n_bits} bits) without classes or a context"
+        )
+    return baseline
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> Glow:

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 __all__ = [
     "ContextEncoder",
-    "check_context_images",
     "condition_kind",
     "context_from_lowres",
     "context_shape",
+    "enlarge",
     "lowres_images",
     "resize",
 ]
@@ -105,18 +105,9 @@ def context_from_lowres(lowres: Tensor, n_bits: int = 8, dtype: torch.dtype = to
     return (k + 0.5) / 2**n_bits - 0.5
 
 
-def check_context_images(lowres: Tensor, shape: tuple[int, int, int], what: str = "the context") -> None:
-    """``ValueError`` (one line) when uint8 low-resolution images ``(B, C, h, w)`` do not have ``shape``."""
-    if tuple(lowres.shape[1:]) != tuple(shape):
-        c, h, w = shape
-        got = tuple(lowres.shape[1:])
-        mode = {1: "greyscale", 3: "RGB"}
-        hint = (
-            f"a {mode.get(c, f'{c}-channel')} image, got {mode.get(got[0], f'{got[0]}-channel')}"
-            if got[0] != c
-            else f"{w}x{h} pixels, got {got[2]}x{got[1]}"
-        )
-        raise ValueError(f"{what} must be {hint} (the model's context is {c}x{h}x{w})")
+def enlarge(lowres: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 low-resolution images ``(B, C, h, w)`` shown at ``size``, each pixel a block (nearest neighbour)."""
+    return F.interpolate(lowres.float(), size=tuple(size), mode="nearest").to(torch.uint8)
 
 
 def resize(t: Tensor, size: tuple[int, int]) -> Tensor:

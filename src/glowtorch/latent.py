@@ -32,6 +32,7 @@ __all__ = [
     "decode_images",
     "encode_images",
     "float64_twin",
+    "image_contexts",
     "interpolate",
     "load_latents",
     "manipulate",
@@ -68,6 +69,26 @@ def _model_input(model: Glow, images: Tensor) -> Tensor:
     return dequantize(images, model.config.n_bits, noise=False).to(device=ref.device, dtype=ref.dtype)
 
 
+def image_contexts(model: Glow, images: Tensor, context: Tensor | None = None) -> Tensor | None:
+    """The contexts ``(N, C_c, h, w)`` (model space, on the model's device) that uint8 ``images`` ``(N, C, H, W)``
+    are encoded under: ``context`` (N rows, or 1 for all) when given, else each image's own for a "lowres:F"
+    model; None for an unconditional model. A "tensor:" model needs ``context``."""
+    if not model.config.condition:
+        if context is not None:
+            raise ValueError("this model has no context (it was trained without --condition): do not pass one")
+        return None
+    if context is None:
+        context = model.config.context_of(images)
+    if context.dim() == 4 and len(context) == 1:
+        context = context.expand(len(images), -1, -1, -1)
+    ref = model.top_prior
+    return context.to(device=ref.device, dtype=ref.dtype)
+
+
+def _rows(context: Tensor | None, rows: slice | Tensor) -> Tensor | None:
+    return None if context is None else context[rows]
+
+
 def _to_images(model: Glow, x: Tensor) -> Tensor:
     return to_uint8(torch.nan_to_num(x, nan=0.0).clamp(-0.5, 0.5), model.config.n_bits).cpu()
 
@@ -90,29 +111,39 @@ def float64_twin(model: Glow) -> Glow:
     return cached[1]
 
 
-def _encode_exact(model: Glow, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
+def _encode_exact(
+    model: Glow, x: Tensor, y: Tensor | None, context: Tensor | None = None
+) -> tuple[list[Tensor], Tensor, Tensor]:
     """Latents of ``x`` that decode exactly, the plain round trip's images, and each image's largest
     error ``(B,)`` in that round trip. Images whose error exceeds ``ROUND_TRIP_TOLERANCE`` are encoded
     again in float64 (and then all latents are float64)."""
     with model.full_precision():
-        zs, _ = model.encode(x, y)
-        x_back = model.decode(zs, y)
+        zs, _ = model.encode(x, y, context=context)
+        x_back = model.decode(zs, y, context=context)
     # A non-finite round trip (float32 overflow in the inverse of a badly conditioned image) counts as
     # infinitely off, so that it is recomputed too (a NaN compares false with everything).
     error = torch.nan_to_num((x_back - x).abs().flatten(1).amax(1), nan=math.inf)
     off = error > ROUND_TRIP_TOLERANCE
     if off.any():
-        twin_zs, _ = float64_twin(model).encode(x[off].double(), None if y is None else y[off])
+        twin_context = None if context is None else context[off].double()
+        twin_zs, _ = float64_twin(model).encode(x[off].double(), None if y is None else y[off], context=twin_context)
         zs = [z.double().index_put((off,), z64) for z, z64 in zip(zs, twin_zs, strict=True)]
     return zs, x_back, error
 
 
 @torch.inference_mode()
 def encode_images(
-    model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256, exact: bool = True
+    model: Glow,
+    images: Tensor,
+    y: Tensor | None = None,
+    batch_size: int = 256,
+    exact: bool = True,
+    *,
+    context: Tensor | None = None,
 ) -> list[Tensor]:
     """uint8 images -> latents. No dequantization noise: each pixel is placed at the centre of its bin,
-    so ``decode_images`` of the result gives the same pixels back (after n_bits reduction).
+    so ``decode_images`` of the result gives the same pixels back (after n_bits reduction). Conditional
+    models encode under ``context`` (see ``image_contexts``: by default each image's own low-resolution one).
 
     With ``exact`` each batch is decoded again and compared with its input; images whose round trip in
     the model's dtype is off by more than ``ROUND_TRIP_TOLERANCE`` are encoded again in float64
@@ -121,30 +152,39 @@ def encode_images(
     """
     model.eval()
     parts = []
+    context = image_contexts(model, images, context)
     for start in range(0, len(images), batch_size):
-        labels = None if y is None else y[start : start + batch_size]
-        x = _model_input(model, images[start : start + batch_size])
-        parts.append(_encode_exact(model, x, labels)[0] if exact else model.encode(x, labels)[0])
+        rows = slice(start, start + batch_size)
+        labels = None if y is None else y[rows]
+        x = _model_input(model, images[rows])
+        c = _rows(context, rows)
+        parts.append(_encode_exact(model, x, labels, c)[0] if exact else model.encode(x, labels, context=c)[0])
     dtype = torch.float64 if any(z.dtype == torch.float64 for part in parts for z in part) else parts[0][0].dtype
     return [torch.cat([part[level].to(dtype) for part in parts]) for level in range(len(parts[0]))]
 
 
 @torch.inference_mode()
-def decode_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
-    """Latents -> uint8 images ``(B, C, H, W)``; float64 latents are decoded in float64 (``float64_twin``)."""
+def decode_images(
+    model: Glow, zs: Sequence[Tensor], y: Tensor | None = None, *, context: Tensor | None = None
+) -> Tensor:
+    """Latents -> uint8 images ``(B, C, H, W)``; float64 latents are decoded in float64 (``float64_twin``).
+    Conditional models decode under ``context`` (model space, B rows or 1)."""
     model.eval()
     if zs[0].dtype == torch.float64:
         model = float64_twin(model)
     ref = model.top_prior
+    if context is not None:
+        context = context.to(device=ref.device, dtype=ref.dtype)
     with model.full_precision():
-        return _to_images(model, model.decode([z.to(device=ref.device, dtype=ref.dtype) for z in zs], y))
+        latents = [z.to(device=ref.device, dtype=ref.dtype) for z in zs]
+        return _to_images(model, model.decode(latents, y, context=context))
 
 
 @torch.inference_mode()
 def round_trip_report(model: Glow, images: Tensor, y: Tensor | None = None, batch_size: int = 256) -> dict:
     """How well conditioned ``model`` is on uint8 ``images``: the round trip encode -> decode in the model's
     dtype (coupling networks in full precision), image by image, and how many images the exact paths
-    recompute in float64.
+    recompute in float64. Conditional models: each image under its own context.
 
     Returns ``images``, ``float64_images`` (round trip off by more than ``ROUND_TRIP_TOLERANCE``),
     ``wrong_pixels`` (pixels the plain round trip changes), ``worst_error`` with ``worst_image``,
@@ -153,15 +193,17 @@ def round_trip_report(model: Glow, images: Tensor, y: Tensor | None = None, batc
     """
     model.eval()
     errors, wrong, exact_wrong = [], 0, 0
+    context = image_contexts(model, images)
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        labels = None if y is None else y[start : start + batch_size]
+        rows = slice(start, start + batch_size)
+        batch = images[rows]
+        labels = None if y is None else y[rows]
         x = _model_input(model, batch)
-        zs, x_back, error = _encode_exact(model, x, labels)
+        zs, x_back, error = _encode_exact(model, x, labels, _rows(context, rows))
         errors.append(error.double().cpu())
         pixels = to_uint8(x, model.config.n_bits).cpu()  # the input after n_bits reduction
         wrong += int((_to_images(model, x_back) != pixels).sum())
-        exact_wrong += int((decode_images(model, zs, labels) != pixels).sum())
+        exact_wrong += int((decode_images(model, zs, labels, context=_rows(context, rows)) != pixels).sum())
     errors = torch.cat(errors)
     worst = int(errors.argmax())
     unit_roundoff = torch.finfo(model.top_prior.dtype).eps / 2
@@ -221,15 +263,25 @@ def interpolate(
     steps: int = 8,
     method: str = "linear",
     y: Tensor | None = None,
+    *,
+    context: Tensor | None = None,
 ) -> Tensor:
     """``steps`` uint8 images ``(steps, C, H, W)`` from ``image_a`` to ``image_b`` (each ``(C, H, W)``),
-    interpolating every level's latent linearly or spherically ("slerp"). The ends are the inputs."""
+    interpolating every level's latent linearly or spherically ("slerp"). The ends are the inputs.
+
+    Conditional models: with a ``context`` (1 row) both images are encoded and every frame decoded under
+    it; without one each image is encoded under its own and the contexts are interpolated linearly beside
+    the latents. Either way the ends are the inputs."""
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
-    za = encode_images(model, image_a.unsqueeze(0), y)
-    zb = encode_images(model, image_b.unsqueeze(0), y)
-    zs = mix_latents(za, zb, torch.linspace(0, 1, steps).tolist(), method)
-    return decode_images(model, zs, None if y is None else y.expand(steps))
+    ends = torch.stack([image_a, image_b])
+    contexts = image_contexts(model, ends, context)
+    za = encode_images(model, image_a.unsqueeze(0), y, context=_rows(contexts, slice(0, 1)))
+    zb = encode_images(model, image_b.unsqueeze(0), y, context=_rows(contexts, slice(1, 2)))
+    ts = torch.linspace(0, 1, steps).tolist()
+    zs = mix_latents(za, zb, ts, method)
+    frame_contexts = None if contexts is None else torch.cat([torch.lerp(contexts[:1], contexts[1:], t) for t in ts])
+    return decode_images(model, zs, None if y is None else y.expand(steps), context=frame_contexts)
 
 
 def mix_latents(
@@ -267,6 +319,7 @@ def attribute_directions(
     for start in range(0, len(images), batch_size):
         y = None if labels is None else labels[start : start + batch_size]
         zs = encode_images(model, images[start : start + batch_size], y, exact=False)  # an average: no need
+        # (conditional models: each image under its own context)
         mask = attributes[start : start + batch_size]
         with_part = [torch.einsum("na,n...->a...", mask, z.double().cpu()) for z in zs]
         all_part = [z.double().cpu().sum(0) for z in zs]
@@ -291,52 +344,68 @@ def manipulate(
 ) -> Tensor:
     """uint8 images ``(len(scales), C, H, W)``: ``decode(encode(image) + scale * direction)`` for each scale.
     ``direction`` is a list over levels of latent-shaped tensors."""
-    zs = encode_images(model, image.unsqueeze(0), y)
+    context = image_contexts(model, image.unsqueeze(0))  # conditional models: the image's own, kept
+    zs = encode_images(model, image.unsqueeze(0), y, context=context)
     if len(direction) != len(zs) or any(d.shape != z.shape[1:] for d, z in zip(direction, zs, strict=False)):
         raise ValueError("the direction does not match this model's latent shapes")
     shifted = [torch.cat([z + s * d.to(z) for s in scales]) for z, d in zip(zs, direction, strict=True)]
-    return decode_images(model, shifted, None if y is None else y.expand(len(scales)))
+    return decode_images(model, shifted, None if y is None else y.expand(len(scales)), context=context)
 
 
 @torch.inference_mode()
-def standard_noise(model: Glow, zs: Sequence[Tensor], y: Tensor | None = None) -> list[Tensor]:
+def standard_noise(
+    model: Glow, zs: Sequence[Tensor], y: Tensor | None = None, *, context: Tensor | None = None
+) -> list[Tensor]:
     """Each latent as the standard-normal noise its prior turns into it, ``(z - mean) / std`` per level
-    (finest first): the top latent under the class prior of ``y``, each split's under the prior its
-    coarser levels predict. Sampling at temperature 1 from this noise gives ``zs`` back."""
+    (finest first): the top latent under the class prior of ``y`` (and the ``context`` of conditional
+    models), each split's under the prior its coarser levels predict. Sampling at temperature 1 from
+    this noise gives ``zs`` back."""
     zs = [z.to(model.top_prior) for z in zs]
-    mean, log_std = model.top_prior_params(len(zs[0]), y)
+    features = model.context_features(context, len(zs[0]))
+    mean, log_std = model.top_prior_params(len(zs[0]), y, features[-1])
     noise = [torch.empty(0)] * len(zs)
     noise[-1] = (zs[-1] - mean) * torch.exp(-log_std)
 
     def put_back(level: int, kept: Tensor) -> Tensor:
-        mean, log_std = model.splits[level].prior(kept)
+        mean, log_std = model.splits[level].prior(kept, features[level])
         noise[level] = (zs[level] - mean) * torch.exp(-log_std)
         return zs[level]
 
-    model.decode_levels(model.layout(zs[-1]), put_back)
+    model.decode_levels(model.layout(zs[-1]), put_back, features)
     return [n.contiguous() for n in noise]
 
 
 @torch.inference_mode()
-def change_class(model: Glow, zs: Sequence[Tensor], y: Tensor, new_y: Tensor) -> Tensor:
+def change_class(
+    model: Glow, zs: Sequence[Tensor], y: Tensor, new_y: Tensor, *, context: Tensor | None = None
+) -> Tensor:
     """ "Same handwriting, another digit": uint8 images ``(len(new_y), C, H, W)`` of one image's latents
     ``zs`` (batch 1, encoded under class ``y``) decoded under each class of ``new_y``. The image's
     standard noise (``standard_noise``) is kept and the class prior changed; in float64, so that the
-    image's own class gives the image back exactly."""
+    image's own class gives the image back exactly. Conditional models keep the image's ``context`` (1 row)."""
     if not model.config.num_classes:
         raise ValueError("changing the class needs a class-conditional model")
     twin = float64_twin(model)
-    noise = standard_noise(twin, [z.double() for z in zs], y.view(1))
+    context = None if context is None else context.to(twin.top_prior)
+    noise = standard_noise(twin, [z.double() for z in zs], y.view(1), context=context)
     noise = [n.expand(len(new_y), *n.shape[1:]) for n in noise]
+    if context is not None:
+        context = context.expand(len(new_y), -1, -1, -1)
     with twin.full_precision():
-        _, x = twin.sample_from_noise(noise, [1.0] * len(noise), new_y.to(twin.top_prior.device))
+        _, x = twin.sample_from_noise(noise, [1.0] * len(noise), new_y.to(twin.top_prior.device), context)
     return _to_images(twin, x)
 
 
-def relabel_images(model: Glow, zs: Sequence[Tensor], y: Tensor | None, label: int) -> Tensor:
+def relabel_images(
+    model: Glow, zs: Sequence[Tensor], y: Tensor | None, label: int, *, context: Tensor | None = None
+) -> Tensor:
     """Every image's handwriting under another class: uint8 images ``(B, C, H, W)`` of the latents ``zs``
-    (batch B, encoded under classes ``y`` ``(B,)``), each decoded under class ``label`` (``change_class``)."""
+    (batch B, encoded under classes ``y`` ``(B,)`` and, for conditional models, ``context`` ``(B, ...)``),
+    each decoded under class ``label`` (``change_class``)."""
     if y is None:
         raise ValueError("these latents hold no classes: relabelling needs latents of a class-conditional model")
     new_y = torch.tensor([model.config.check_class(label, "--label")], device=model.top_prior.device)
-    return torch.cat([change_class(model, [z[i : i + 1] for z in zs], y[i], new_y) for i in range(len(y))])
+    return torch.cat([
+        change_class(model, [z[i : i + 1] for z in zs], y[i], new_y, context=_rows(context, slice(i, i + 1)))
+        for i in range(len(y))
+    ])  # fmt: skip

@@ -31,7 +31,13 @@ __all__ = [
 
 # Config fields added after files were first fingerprinted: at these values they leave the hash as it was,
 # so latent and direction files written before still match their model.
-_LATER_FIELDS = {"class_prior": "channel", "coupling_network": "actnorm", "zero_conv_padding": 0.0}
+_LATER_FIELDS = {
+    "class_prior": "channel",
+    "coupling_network": "actnorm",
+    "zero_conv_padding": 0.0,
+    "condition": "",
+    "context_features": 32,
+}
 
 
 def model_fingerprint(model: Glow) -> str:
@@ -71,7 +77,7 @@ def load_latents(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 # Latent and direction files: safetensors with tensors z0, z1, ... (finest level first) and string
 # metadata naming the kind of file ("glowtorch": "latents" / "directions") and the model's fingerprint.
 def _levels(tensors: dict[str, Tensor]) -> list[Tensor]:
-    return [tensors[f"z{i}"] for i in range(sum(k.startswith("z") for k in tensors))]
+    return [tensors[f"z{i}"] for i in range(sum(k.startswith("z") and k[1:].isdigit() for k in tensors))]
 
 
 def _check_kind(model: Glow, metadata: dict[str, str], path: str | Path, kind: str) -> None:
@@ -84,13 +90,15 @@ def _check_kind(model: Glow, metadata: dict[str, str], path: str | Path, kind: s
 @dataclass(frozen=True)
 class LatentFile:
     """What ``read_latents`` returns: ``zs`` (finest level first), labels ``y`` or None, the images'
-    ``names``, the ``checkpoint`` they were encoded with (or None) and the model's ``fingerprint``."""
+    ``names``, the ``checkpoint`` they were encoded with (or None), the model's ``fingerprint`` and, for
+    conditional models, the ``context`` ``(B, C_c, h, w)`` (model space) they were encoded under."""
 
     zs: list[Tensor]
     y: Tensor | None
     names: list[str]
     checkpoint: str | None
     fingerprint: str | None
+    context: Tensor | None = None
 
     def check_model(self, model: Glow, path: str | Path) -> None:
         """``ValueError`` unless ``model`` is the model these latents were encoded with."""
@@ -104,11 +112,14 @@ def write_latents(
     y: Tensor | None = None,
     names: Sequence[str] | None = None,
     checkpoint: str | Path | None = None,
+    context: Tensor | None = None,
 ) -> Path:
-    """Writes the latents of ``len(zs[0])`` images with their labels, names and model (atomically)."""
+    """Writes the latents of ``len(zs[0])`` images with their labels, names, context and model (atomically)."""
     tensors = {f"z{i}": z for i, z in enumerate(zs)}
     if y is not None:
         tensors["y"] = y
+    if context is not None:
+        tensors["context"] = context
     metadata = {
         "glowtorch": "latents",
         "model_fingerprint": model_fingerprint(model),
@@ -137,7 +148,8 @@ def read_latents(path: str | Path) -> LatentFile:
     except json.JSONDecodeError:
         names = []
     names = _safe_names(names if isinstance(names, list) else [], len(zs[0]))
-    return LatentFile(zs, tensors.get("y"), names, metadata.get("checkpoint"), metadata.get("model_fingerprint"))
+    checkpoint, fingerprint = metadata.get("checkpoint"), metadata.get("model_fingerprint")
+    return LatentFile(zs, tensors.get("y"), names, checkpoint, fingerprint, tensors.get("context"))
 
 
 def _safe_names(names: list, count: int) -> list[str]:

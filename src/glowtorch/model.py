@@ -393,9 +393,13 @@ class Glow(nn.Module):
         context = context.to(device=self.top_prior.device, dtype=self.top_prior.dtype)
         return context.expand(batch, -1, -1, -1) if context.shape[0] != batch else context
 
-    def context_features(self, context: Tensor | None) -> list[Tensor | None]:
-        """The context encoder's features, one ``(B, C_c + context_features, H_l, W_l)`` map per level
-        (finest first); Nones for an unconditional model (``context`` None)."""
+    def context_features(self, context: Tensor | None, batch: int) -> list[Tensor | None]:
+        """The context encoder's features of ``context`` ``(batch or 1, C_c, h, w)``, one
+        ``(batch, C_c + context_features, H_l, W_l)`` map per level (finest first); Nones for an unconditional
+        model (``context`` None). ``ValueError`` for a missing or wrong context."""
+        return self._features(self._check_context(context, batch))
+
+    def _features(self, context: Tensor | None) -> list[Tensor | None]:
         if context is None:
             return [None] * len(self.levels)
         return [self.layout(f) for f in self.context_encoder(self.layout(context))]
@@ -423,8 +427,7 @@ class Glow(nn.Module):
         if self.config.num_classes == 0:
             raise ValueError("class likelihoods need a class-conditional model (num_classes > 0)")
         batch, classes = z_top.shape[0], self.config.num_classes
-        context = self._check_context(context, batch)
-        top = self.context_features(context)[-1]
+        top = self.context_features(context, batch)[-1]
         labels = torch.arange(classes, device=z_top.device).repeat(batch)
         top = top.repeat_interleave(classes, dim=0) if top is not None else None
         mean, log_std = self.top_prior_params(batch * classes, labels, top)
@@ -447,7 +450,7 @@ class Glow(nn.Module):
         self._check_input(x, data_range=True)
         if y is not None:  # labels only reach the top prior, which initialization does not touch
             self._check_labels(y, x.shape[0])
-        features = self.context_features(self._check_context(context, x.shape[0]))
+        features = self.context_features(context, x.shape[0])
         actnorms = self.actnorms()
         for actnorm in actnorms:
             actnorm.initialized.fill_(False)
@@ -476,7 +479,7 @@ class Glow(nn.Module):
             y = self._check_labels(y, x.shape[0])
             context = self._check_context(context, x.shape[0])
             self._require_initialized()
-        features = self.context_features(context)
+        features = self._features(context)
         h = self.layout(x)
         zs: list[Tensor] = []
         logdet = x.new_zeros(x.shape[0])
@@ -547,7 +550,7 @@ class Glow(nn.Module):
         return self
 
     def _decode(self, zs: list[Tensor], context: Tensor | None = None) -> Tensor:
-        features = self.context_features(context)
+        features = self._features(context)
         return self.decode_levels(self.layout(zs[-1]), lambda level, h: self.layout(zs[level]), features)
 
     def decode_levels(
@@ -611,7 +614,7 @@ class Glow(nn.Module):
     ) -> tuple[list[Tensor], Tensor]:
         """Standard-normal ``noise`` (one per latent, finest first) to (latents, images): each latent is
         its prior's mean plus ``temperature * std * noise``, decoded in the same pass."""
-        features = self.context_features(context)
+        features = self._features(context)
         prior = self.top_prior_params(noise[-1].shape[0], y, features[-1])
         h = self.layout(self._scaled(*prior, temperatures[-1], noise[-1]))
         zs: list[Tensor] = [h] * len(self.latent_shapes)  # the top latent last; decoding fills the others

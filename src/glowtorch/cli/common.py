@@ -30,6 +30,7 @@ __all__ = [
     "float_list",
     "output_path",
     "positive_int",
+    "read_contexts",
     "signed_float_list",
 ]
 
@@ -155,6 +156,39 @@ def class_labels(model, label: int | None, n: int) -> torch.Tensor | None:
     if label is None:
         return torch.arange(n) % model.config.num_classes if model.config.num_classes else None
     return torch.full((n,), model.config.check_class(label, "--label"))
+
+
+def read_contexts(model, paths: list[str] | None, required: str | None = None) -> torch.Tensor | None:
+    """The model-space contexts ``(N, C, h, w)`` of the low-resolution image files ``paths`` (``--context``) for
+    a model trained with ``--condition lowres:F``; None without ``paths``, unless ``required`` (what needs
+    them) makes that a usage error for a conditional model. One-line errors for contexts that do not fit."""
+    from ..context import condition_kind, context_from_lowres
+    from ..data import DataError, read_image_files
+
+    config = model.config
+    kind = condition_kind(config.condition)
+    if kind == "tensor":
+        raise UsageError(
+            f"this model's context ({config.condition}) is made by your own code: pass it with the Python API "
+            "(context=...); --context takes low-resolution images"
+        )
+    c, h, w = config.context_shape or (0, 0, 0)
+    wanted = f"{w}x{h} {'greyscale' if c == 1 else 'RGB'} image"
+    if not paths:
+        if kind and required:
+            raise UsageError(
+                f"the model is conditioned on a low-resolution image ({config.condition}): {required} needs "
+                f"--context FILE, a {wanted} (glowtorch lowres makes one from a {config.image_shape[2]}x"
+                f"{config.image_shape[1]} image)"
+            )
+        return None
+    if not kind:
+        raise UsageError("the model has no context (it was trained without --condition): drop --context")
+    try:
+        lowres = read_image_files(paths, config.context_shape)
+    except DataError as error:
+        raise UsageError(f"--context: {error} (the model's context is a {wanted})") from None
+    return context_from_lowres(lowres, config.n_bits)
 
 
 def _parent(*arguments: tuple[tuple, dict]) -> argparse.ArgumentParser:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import load_model
+from ..checkpoint import load_baseline, load_model
 from ..data import DATASETS, load_dataset_for
-from .common import Shared, UsageError, output_path, positive_int
+from .common import Shared, UsageError, float_list, output_path, positive_int
 
-__all__ = ["add_evaluate", "add_ood", "add_score"]
+__all__ = ["add_evaluate", "add_ood", "add_score", "add_superres"]
 
 
 def add_evaluate(sub: argparse._SubParsersAction, shared: Shared) -> None:
@@ -21,6 +21,11 @@ def add_evaluate(sub: argparse._SubParsersAction, shared: Shared) -> None:
     e.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
     e.add_argument("--round-trip", action="store_true",
                    help="also report how exactly the model inverts these images (encode, then decode)")  # fmt: skip
+    e.add_argument(
+        "--baseline",
+        metavar="MODEL",
+        help="conditional models: an unconditional model of the same images, scored beside (same noise)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -28,12 +33,15 @@ def cmd_evaluate(args) -> int:
     from ..evaluate import evaluate_bits_per_dim
 
     model = load_model(args.checkpoint, device=args.device)
+    baseline = load_baseline(model.config, args.baseline, args.device) if args.baseline else None
     data = load_dataset_for(model.config.image_shape, args.dataset, args.data_dir, train=args.split == "train")
     result = evaluate_bits_per_dim(
         model, data, args.batch_size, args.draws, seed=args.seed, progress=not args.no_progress
     )
+    given = f" given the {model.config.condition} context" if model.config.condition else ""
     line = (
-        f"{args.dataset} {args.split}: {result['test_bpd']:.4f} bits/dim over {len(data)} images, {args.draws} draw(s)"
+        f"{args.dataset} {args.split}: {result['test_bpd']:.4f} bits/dim{given} over {len(data)} images, "
+        f"{args.draws} draw(s)"
     )
     if "test_accuracy" in result:
         line += (f"; latent classifier accuracy {result['test_accuracy']:.4f}, "
@@ -43,6 +51,14 @@ def cmd_evaluate(args) -> int:
         f"per image: median {result['test_bpd_median']:.4f}, "
         f"worst {result['test_bpd_max']:.4f} (image {result['test_worst_image']})"
     )
+    if baseline is not None:
+        other = evaluate_bits_per_dim(
+            baseline, data, args.batch_size, args.draws, seed=args.seed, progress=not args.no_progress
+        )
+        print(
+            f"baseline {args.baseline}: {other['test_bpd']:.4f} bits/dim without a context (same images and noise); "
+            f"the context saves {other['test_bpd'] - result['test_bpd']:.4f} bits/dim"
+        )
     if args.round_trip:
         from ..latent import round_trip_report
 
@@ -145,4 +161,68 @@ def cmd_ood(args) -> int:
           f"({len(train)} training images)")  # fmt: skip
     print(report.table())
     print(f"wrote {folder / 'scores.csv'}, metrics.json, metrics.md and a histogram per score")
+    return 0
+
+
+def add_superres(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    sr = sub.add_parser("superres", help="measure a super-resolution model (--condition lowres:F) on a test set",
+                        description="Conditional bits/dim (beside --baseline), how faithful samples are to their "
+                        "context, PSNR of the mode and of bicubic upsampling, diversity; optionally a figure.",
+                        parents=[shared.model, shared.dataset, shared.device, shared.progress])  # fmt: skip
+    sr.add_argument("--baseline", metavar="MODEL", help="an unconditional model of the same images, scored beside")
+    sr.add_argument("--limit", type=positive_int, help="measure only the first N test images")
+    sr.add_argument("--draws", type=positive_int, default=1, help="dequantization draws for bits/dim")
+    sr.add_argument("--temperatures", type=float_list, default=[0.0, 0.6, 1.0], help="fidelity's temperatures")
+    sr.add_argument("--samples", type=positive_int, default=8, help="samples per context for the diversity")
+    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--figure", help="also write a PNG: per image its context, bicubic, samples at 0.6 and 1.0, truth")
+    sr.add_argument("--rows", type=positive_int, default=8, help="images in the figure")
+    sr.add_argument("--json", help="also write the figures to this JSON file")
+    sr.set_defaults(func=cmd_superres)
+
+
+def cmd_superres(args) -> int:
+    import json
+
+    from ..evaluate import evaluate_bits_per_dim
+    from ..images import save_grid
+    from ..superres import superres_figure, superres_report
+
+    model = load_model(args.checkpoint, device=args.device)
+    if not model.config.condition.startswith("lowres:"):
+        raise UsageError("superres needs a model trained with --condition lowres:F")
+    baseline = load_baseline(model.config, args.baseline, args.device) if args.baseline else None
+    if args.samples < 2:
+        raise UsageError("--samples must be at least 2 (a standard deviation across samples)")
+    figure = output_path(args.figure) if args.figure else None
+    data = load_dataset_for(model.config.image_shape, args.dataset, args.data_dir, train=False)
+    if args.limit:
+        data.images = data.images[: args.limit]
+        data.labels = None if data.labels is None else data.labels[: args.limit]
+    progress = not args.no_progress
+    result = {"model": args.checkpoint, "dataset": args.dataset, "samples": args.samples, "draws": args.draws}
+    result["test_bpd"] = evaluate_bits_per_dim(model, data, draws=args.draws, progress=progress)["test_bpd"]
+    print(f"{args.dataset} test, {len(data)} images: {result['test_bpd']:.4f} bits/dim given the "
+          f"{model.config.condition} context ({args.draws} draw(s))")  # fmt: skip
+    if baseline is not None:
+        result["baseline"] = args.baseline
+        result["baseline_bpd"] = evaluate_bits_per_dim(baseline, data, draws=args.draws, progress=progress)["test_bpd"]
+        print(f"baseline {args.baseline}: {result['baseline_bpd']:.4f} bits/dim without a context")
+    report = superres_report(model, data.images, args.temperatures, args.samples, args.seed, progress=progress)
+    result.update(report)
+    fidelity = ", ".join(f"T={t}: {v:.3f}" for t, v in report["fidelity_mae"].items())
+    print(f"fidelity (grey levels between a sample's {report['factor']}x average-pooled version and its context): "
+          f"{fidelity}; bicubic upsampling {report['bicubic_fidelity_mae']:.3f}")  # fmt: skip
+    print(f"PSNR against the true image: mode (T=0) {report['psnr_mode']:.2f} dB, "
+          f"bicubic {report['psnr_bicubic']:.2f} dB")  # fmt: skip
+    diversity = ", ".join(f"T={t}: {v:.2f}" for t, v in report["diversity"].items())
+    print(f"diversity (per-pixel std across {args.samples} samples of a context, grey levels): {diversity}")
+    if figure:
+        cells, columns = superres_figure(model, data.images[: args.rows], seed=args.seed)
+        save_grid(cells, figure, columns=columns, scale=2)
+        print(f"wrote {figure}")
+    if args.json:
+        path = output_path(args.json)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
     return 0

@@ -12,13 +12,23 @@ from ..checkpoint import load_model
 from ..data import load_dataset_for
 from ..files import ensure_writable_dir
 from ..pretrained import is_pretrained
-from .common import Shared, UsageError, class_labels, float_list, output_path, positive_int, signed_float_list
+from .common import (
+    Shared,
+    UsageError,
+    class_labels,
+    float_list,
+    output_path,
+    positive_int,
+    read_contexts,
+    signed_float_list,
+)
 
 __all__ = [
     "add_decode",
     "add_directions",
     "add_encode",
     "add_interpolate",
+    "add_lowres",
     "add_manipulate",
     "add_sample",
     "add_temperatures",
@@ -28,8 +38,11 @@ __all__ = [
 def add_sample(sub: argparse._SubParsersAction, shared: Shared) -> None:
     s = sub.add_parser("sample", help="a PNG grid of samples",
                        parents=[shared.model, shared.label, shared.scale, shared.device, shared.precision])  # fmt: skip
-    s.add_argument("--n", type=positive_int, default=64)
+    s.add_argument("--n", type=positive_int, default=64, help="samples (per --context image)")
     s.add_argument("--temperature", type=float_list, default=[0.7], help="one value, or one per level (finest first)")
+    s.add_argument("--context", nargs="+", metavar="LOWRES.png",
+                   help="conditional models (--condition lowres:F): low-resolution images; each gives a row: the "
+                   "image enlarged, then --n samples of it")  # fmt: skip
     s.add_argument("--columns", type=positive_int)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", "-o", default="samples.png")
@@ -38,18 +51,58 @@ def add_sample(sub: argparse._SubParsersAction, shared: Shared) -> None:
 
 
 def cmd_sample(args) -> int:
+    from ..context import enlarge
     from ..images import save_grid
     from ..preprocess import to_uint8
 
     model = _sampling_model(args, args.n)
     temperature = args.temperature[0] if len(args.temperature) == 1 else args.temperature
+    contexts = read_contexts(model, args.context, required="sample")
     y = class_labels(model, args.label, args.n)
     output = output_path(args.output)
     if args.compile:
         model.compile_decode()
-    x = model.sample(args.n, temperature, y=y, generator=torch.Generator().manual_seed(args.seed))
-    save_grid(to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits), output, columns=args.columns, scale=args.scale)
-    print(f"wrote {args.n} samples at temperature {args.temperature} to {output}")
+    generator = torch.Generator().manual_seed(args.seed)
+    if contexts is None:
+        x = model.sample(args.n, temperature, y=y, generator=generator)
+        save_grid(to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits), output, columns=args.columns, scale=args.scale)
+        print(f"wrote {args.n} samples at temperature {args.temperature} to {output}")
+        return 0
+    rows = []
+    for context in contexts:  # each row: the context enlarged, then its samples
+        x = model.sample(args.n, temperature, y=y, generator=generator, context=context.unsqueeze(0))
+        lowres = to_uint8(context.unsqueeze(0), model.config.n_bits)
+        rows += [enlarge(lowres, model.config.image_shape[1:]), to_uint8(x.clamp(-0.5, 0.5), model.config.n_bits)]
+    save_grid(torch.cat(rows), output, columns=args.n + 1, scale=args.scale)
+    print(f"wrote {len(contexts)} row(s) of {args.n} samples at temperature {args.temperature} to {output} "
+          "(first column: the context, enlarged)")  # fmt: skip
+    return 0
+
+
+def add_lowres(sub: argparse._SubParsersAction, shared: Shared) -> None:
+    lo = sub.add_parser("lowres", help="the low-resolution versions of images that a conditional model takes",
+                        parents=[shared.model])  # fmt: skip
+    lo.add_argument("images", nargs="+", help="image files of the model's size and channel count")
+    lo.add_argument("--output", "-o", default="lowres", help="folder for the PNGs (one per image, same names)")
+    lo.set_defaults(func=cmd_lowres)
+
+
+def cmd_lowres(args) -> int:
+    from ..context import condition_kind, lowres_factor, lowres_images
+    from ..data import read_image_files
+    from ..images import save_grid
+
+    model = load_model(args.checkpoint)
+    config = model.config
+    if condition_kind(config.condition) != "lowres":
+        raise UsageError("lowres needs a model trained with --condition lowres:F")
+    images = read_image_files(args.images, config.image_shape)
+    small = lowres_images(images, lowres_factor(config.condition), config.n_bits)
+    out = ensure_writable_dir(Path(args.output))
+    for path, image in zip(args.images, small, strict=True):
+        save_grid(image.unsqueeze(0), out / f"{Path(path).stem}.png", columns=1, padding=0)
+    h, w = small.shape[2:]
+    print(f"wrote {len(small)} image(s) of {w}x{h} pixels to {out}")
     return 0
 
 
@@ -68,6 +121,7 @@ def add_temperatures(sub: argparse._SubParsersAction, shared: Shared) -> None:
     te = sub.add_parser("temperatures", help="a grid of samples, one row per temperature", parents=parents)
     te.add_argument("--temperatures", type=float_list, default=[0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0])
     te.add_argument("--n", type=positive_int, default=8, help="samples per row")
+    te.add_argument("--context", metavar="LOWRES.png", help="conditional models: the low-resolution image")
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--output", "-o", default="temperatures.png")
     te.set_defaults(func=cmd_temperatures)
@@ -80,7 +134,9 @@ def cmd_temperatures(args) -> int:
     model = _sampling_model(args, args.n)
     output = output_path(args.output)
     generator = torch.Generator(device=model.top_prior.device).manual_seed(args.seed)
-    grid = temperature_grid(model, args.temperatures, args.n, generator, y=class_labels(model, args.label, args.n))
+    context = read_contexts(model, [args.context] if args.context else None, required="temperatures")
+    grid = temperature_grid(model, args.temperatures, args.n, generator, y=class_labels(model, args.label, args.n),
+                            context=context)  # fmt: skip
     save_grid(grid, output, columns=args.n, scale=args.scale)
     print(f"wrote {len(args.temperatures)} rows (temperatures {args.temperatures}) of {args.n} samples to {output}")
     return 0
@@ -90,6 +146,9 @@ def add_encode(sub: argparse._SubParsersAction, shared: Shared) -> None:
     en = sub.add_parser("encode", help="images to latents (exact; no dequantization noise)",
                         parents=[shared.model, shared.label, shared.device])  # fmt: skip
     en.add_argument("images", nargs="+", help="image files of the model's size and channel count")
+    en.add_argument("--context", nargs="+", metavar="LOWRES.png",
+                    help="conditional models: the low-resolution image(s) to encode under (one, or one per image); "
+                    "default: each image's own")  # fmt: skip
     en.add_argument("--output", "-o", default="latents.safetensors")
     en.set_defaults(func=cmd_encode)
 
@@ -97,15 +156,17 @@ def add_encode(sub: argparse._SubParsersAction, shared: Shared) -> None:
 def cmd_encode(args) -> int:
     from ..checkpoint import resolve_checkpoint
     from ..data import read_image_files
-    from ..latent import encode_images, write_latents
+    from ..latent import encode_images, image_contexts, write_latents
 
     checkpoint = args.checkpoint if is_pretrained(args.checkpoint) else resolve_checkpoint(args.checkpoint)
     model = load_model(checkpoint, device=args.device)
     images = read_image_files(args.images, model.config.image_shape)
     y = class_labels(model, args.label, len(images))
-    zs = encode_images(model, images, y)
+    context = _contexts_for(model, args.context, len(images))
+    zs = encode_images(model, images, y, context=context)
     names = [Path(p).stem for p in args.images]
-    write_latents(output_path(args.output), model, zs, y, names, checkpoint)
+    context = image_contexts(model, images, context)
+    write_latents(output_path(args.output), model, zs, y, names, checkpoint, context)
     print(f"wrote latents of {len(images)} image(s), {len(zs)} levels, to {args.output}")
     return 0
 
@@ -116,6 +177,9 @@ def add_decode(sub: argparse._SubParsersAction, shared: Shared) -> None:
     de.add_argument("--checkpoint", help="default: the checkpoint the latents were encoded with")
     de.add_argument("--label", type=int, help="class-conditional models: decode each image's handwriting (its "
                     "standardized latents) under this class instead of its own")  # fmt: skip
+    de.add_argument("--context", nargs="+", metavar="LOWRES.png",
+                    help="conditional models: decode under these low-resolution images (one, or one per image) "
+                    "instead of the ones the latents were encoded under")  # fmt: skip
     de.add_argument("--output", "-o", default="decoded")
     de.set_defaults(func=cmd_decode)
 
@@ -130,12 +194,19 @@ def cmd_decode(args) -> int:
         raise UsageError(f"{args.latents} names no checkpoint; pass --checkpoint")
     model = load_model(checkpoint, device=args.device)
     latents.check_model(model, args.latents)
+    context = _contexts_for(model, args.context, len(latents.zs[0]))
+    if context is not None:
+        context = context.expand(len(latents.zs[0]), -1, -1, -1)
+    elif model.config.condition:
+        context = latents.context
+        if context is None:
+            raise UsageError(f"{args.latents} holds no context: pass --context")
     if args.label is None:
-        images = decode_images(model, latents.zs, latents.y)
+        images = decode_images(model, latents.zs, latents.y, context=context)
     elif latents.y is None:
         raise UsageError(f"{args.latents} holds no classes: --label needs latents of a class-conditional model")
     else:  # the same handwriting under another class
-        images = relabel_images(model, latents.zs, latents.y, args.label)
+        images = relabel_images(model, latents.zs, latents.y, args.label, context=context)
     out = ensure_writable_dir(Path(args.output))
     for name, image in zip(latents.names, images, strict=True):
         save_grid(image.unsqueeze(0), out / f"{name}.png", columns=1, padding=0)
@@ -152,6 +223,9 @@ def add_interpolate(sub: argparse._SubParsersAction, shared: Shared) -> None:
     ip.add_argument("--method", choices=["linear", "slerp"], default="linear")
     ip.add_argument("--output", "-o", default="interpolation.png")
     ip.add_argument("--gif", help="also write an animated GIF here")
+    ip.add_argument("--context", metavar="LOWRES.png",
+                    help="conditional models: encode both images and decode every frame under this low-resolution "
+                    "image; default: each image's own, interpolated beside the latents")  # fmt: skip
     ip.set_defaults(func=cmd_interpolate)
 
 
@@ -164,7 +238,8 @@ def cmd_interpolate(args) -> int:
     images = read_image_files([args.image_a, args.image_b], model.config.image_shape)
     output = output_path(args.output)
     y = class_labels(model, args.label, 1)
-    frames = interpolate(model, images[0], images[1], args.steps, args.method, y)
+    context = read_contexts(model, [args.context] if args.context else None)
+    frames = interpolate(model, images[0], images[1], args.steps, args.method, y, context=context)
     save_grid(frames, output, columns=args.steps, scale=args.scale)
     if args.gif:
         save_gif(frames, output_path(args.gif), scale=args.scale)
@@ -172,6 +247,14 @@ def cmd_interpolate(args) -> int:
         f"wrote a {args.steps}-step {args.method} interpolation to {output}" + (f" and {args.gif}" if args.gif else "")
     )
     return 0
+
+
+def _contexts_for(model, paths: list[str] | None, count: int) -> torch.Tensor | None:
+    """``--context`` images for ``count`` images: one for all, or one each."""
+    context = read_contexts(model, paths)
+    if context is not None and len(context) not in (1, count):
+        raise UsageError(f"--context: give one low-resolution image, or one per image ({count}), not {len(context)}")
+    return context
 
 
 def add_directions(sub: argparse._SubParsersAction, shared: Shared) -> None:

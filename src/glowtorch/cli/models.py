@@ -22,6 +22,9 @@ def add_demo(sub: argparse._SubParsersAction, shared: Shared) -> None:
                     "from its training split once (cached in the model folder's demo/), for models that lack "
                     "them")  # fmt: skip
     dm.add_argument("--data-dir", help="folder holding the dataset's files")
+    dm.add_argument("--superres", default="auto", metavar="MODEL",
+                    help="the Super-resolve tab's model (trained with --condition lowres:F); auto: "
+                    "pretrained:mnist-sr4 beside models of 28x28 greyscale digits; none: no tab")  # fmt: skip
     dm.set_defaults(func=cmd_demo)
 
 
@@ -33,7 +36,9 @@ def cmd_demo(args) -> int:
     from ..demo import Explorer, launch
 
     checkpoint = args.checkpoint or "pretrained:mnist"
-    explorer = Explorer.from_checkpoint(checkpoint, args.dataset, args.data_dir, args.device, not args.no_progress)
+    superres = None if args.superres == "none" else args.superres
+    explorer = Explorer.from_checkpoint(checkpoint, args.dataset, args.data_dir, args.device, not args.no_progress,
+                                        superres)  # fmt: skip
     print(f"serving {checkpoint} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     launch(explorer, args.host, args.port, quiet=True)
     return 0

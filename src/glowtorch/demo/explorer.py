@@ -1,6 +1,7 @@
 """``Explorer``: what the page computes, with no Gradio in it: sampling, drawn or uploaded images brought
 to the model's input, exact reconstruction and likelihood, interpolation, editing along attribute
-directions and, for class-conditional models, one image decoded under every label."""
+directions, for class-conditional models one image decoded under every label, and super-resolution with a
+second model conditioned on the image's low-resolution version."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import load_model, resolve_checkpoint
+from ..context import condition_kind, context_from_lowres, lowres_factor, lowres_images
 from ..evaluate import score_images
 from ..latent import change_class, decode_images, encode_images, mix_latents, read_directions
 from ..model import Glow
@@ -22,7 +24,9 @@ from ..preprocess import to_uint8
 from ..reference import build_reference, find_reference_files, read_test_scores
 from .inputs import DemoError, finite_number, prepare_image, unit_number
 
-__all__ = ["MAX_SAMPLES", "Explorer", "Reading"]
+__all__ = ["MAX_SAMPLES", "SUPERRES_MODEL", "Explorer", "Reading", "SuperResolution"]
+
+SUPERRES_MODEL = "pretrained:mnist-sr4"  # the Super-resolve tab's model beside a model of its images
 
 MAX_SAMPLES = 64
 READ_DRAWS = 4  # dequantization draws averaged for an image's bits/dim
@@ -39,6 +43,17 @@ class Reading:
     verdict: str
 
 
+@dataclass
+class SuperResolution:
+    """One image super-resolved: its low-resolution version ``lowres`` ``(C, h, w)``, ``samples``
+    ``(n, C, H, W)`` drawn given it, each sample's bits/dim given the context (``(n,)``), and the image's own."""
+
+    lowres: Tensor
+    samples: Tensor
+    bits_per_dim: Tensor
+    image_bits_per_dim: float
+
+
 class Explorer:
     """A model and what the page needs of it, computed once.
 
@@ -48,6 +63,8 @@ class Explorer:
         test_scores: ``(N,)`` per-image test-set bits/dim (for the in/out-of-distribution reading), or None.
         examples: ``(M, C, H, W)`` uint8 test images to pick from, or None.
         directions: ``{attribute: [per-level latent]}`` for the edit sliders, or None.
+        superres: a model of the same images conditioned on their low-resolution version
+            (``condition="lowres:F"``) for the Super-resolve tab, or None.
     """
 
     def __init__(
@@ -57,7 +74,10 @@ class Explorer:
         test_scores: Tensor | None = None,
         examples: Tensor | None = None,
         directions: dict[str, list[Tensor]] | None = None,
+        superres: Glow | None = None,
     ) -> None:
+        _check_models(model, name, superres)
+        self.superres = None if superres is None else superres.eval()
         self.model = model.eval()
         self.name = name
         self.test_scores = None if test_scores is None else test_scores.double().sort().values
@@ -153,6 +173,30 @@ class Explorer:
             picture[top:bottom, column : column + 2] = (220, 30, 30)
         return picture
 
+    # ----------------------------------------------------------------- super-resolve
+    def superresolve(self, image: Tensor, temperature: float, seed: int = 0, n: int = 16) -> SuperResolution:
+        """``n`` samples of the super-resolution model given the low-resolution version of ``image`` ``(C, H, W)``
+        uint8, at ``temperature`` in [0, 1], with their bits/dim given that context (``score_images``, the mean
+        of ``READ_DRAWS`` dequantization draws)."""
+        model = self.superres
+        if model is None:
+            raise DemoError("no super-resolution model: start the demo with --superres MODEL")
+        temperature = unit_number(temperature, "temperature")
+        seed = int(finite_number(seed, "seed"))
+        if not (1 <= int(n) <= MAX_SAMPLES):
+            raise DemoError(f"the number of samples must be 1 to {MAX_SAMPLES}")
+        bits = model.config.n_bits
+        lowres = lowres_images(image.unsqueeze(0), lowres_factor(model.config.condition), bits)
+        context = context_from_lowres(lowres, bits).to(model.top_prior)
+        with torch.inference_mode(), model.full_precision():
+            x = model.sample(int(n), temperature, generator=torch.Generator().manual_seed(seed), context=context)
+        samples = to_uint8(x.clamp(-0.5, 0.5), bits)
+        # the image and its samples, all given the image's context (not each sample's own low-resolution version)
+        both = torch.cat([image.unsqueeze(0), samples])
+        contexts = context.expand(len(both), -1, -1, -1)
+        scored = score_images(model, both, draws=READ_DRAWS, contexts=contexts).bits_per_dim
+        return SuperResolution(lowres[0], samples, scored[1:], scored[0].item())
+
     # ----------------------------------------------------------------- interpolate
     def interpolate(
         self, a: Tensor, b: Tensor, t: float, method: str = "linear", label: int | None = None, steps: int = 9
@@ -215,14 +259,26 @@ class Explorer:
     @classmethod
     def from_checkpoint(
         cls, checkpoint: str | Path, dataset: str | None = None, data_dir: str | None = None,
-        device: str = "cpu", progress: bool = True,
+        device: str = "cpu", progress: bool = True, superres: str | Path | None = "auto",
     ) -> Explorer:  # fmt: skip
         """The explorer of a run folder, model folder or ``pretrained:NAME``. Test-set scores, a few test
         images and class or attribute directions come from the model folder (``test_scores.safetensors``
         and ``directions.safetensors`` beside the weights, as shipped models have them, or ``demo/``), else
-        are computed from ``dataset`` once and cached in ``demo/`` beside the weights."""
+        are computed from ``dataset`` once and cached in ``demo/`` beside the weights.
+
+        ``superres`` is the Super-resolve tab's model: a folder or ``pretrained:NAME``, None for no tab, or
+        "auto": ``SUPERRES_MODEL`` when it models the same images (28x28 greyscale 8-bit digits)."""
         folder = resolve_checkpoint(checkpoint)
         model = load_model(folder, device=device).eval()
+        _check_models(model, str(checkpoint))
+        superres_model = None
+        if superres == "auto":
+            shipped = load_model(SUPERRES_MODEL, device=device) if _shipped(SUPERRES_MODEL) else None
+            same = shipped is not None and (shipped.config.image_shape, shipped.config.n_bits) == (
+                model.config.image_shape, model.config.n_bits)  # fmt: skip
+            superres_model = shipped if same and not model.config.condition else None
+        elif superres is not None:
+            superres_model = load_model(superres, device=device)
         scores_path, directions_path = find_reference_files(folder)
         if (scores_path is None or directions_path is None) and dataset:
             scores_path, directions_path = build_reference(model, folder / "demo", dataset, data_dir, progress)
@@ -234,7 +290,29 @@ class Explorer:
                 directions = read_directions(directions_path, model)
             except ValueError:
                 directions = None  # made for an earlier version of these weights: the page offers an upload
-        return cls(model, str(checkpoint), scores, examples, directions)
+        return cls(model, str(checkpoint), scores, examples, directions, superres_model)
+
+
+def _check_models(model: Glow, name: str, superres: Glow | None = None) -> None:
+    """``ValueError`` for a main model with a context, or a Super-resolve model that does not fit it."""
+    if model.config.condition:
+        raise ValueError(
+            f"the demo explores models without a context; show {name} in the Super-resolve tab beside a model "
+            f"of its images: glowtorch demo MODEL --superres {name}"
+        )
+    if superres is not None:
+        config = superres.config
+        if condition_kind(config.condition) != "lowres" or config.image_shape != model.config.image_shape:
+            raise ValueError(
+                f"the Super-resolve model must be conditioned on 'lowres:F' and model images of shape "
+                f"{model.config.image_shape}"
+            )
+
+
+def _shipped(name: str) -> bool:
+    from ..pretrained import pretrained_names
+
+    return name.removeprefix("pretrained:") in pretrained_names()
 
 
 def _histogram_base(scores: np.ndarray):

@@ -1,5 +1,5 @@
-"""The page: Sample, Draw or upload, Interpolate and Edit tabs around one ``Explorer`` (Gradio), and
-``launch``, which serves it offline."""
+"""The page: Sample, Draw or upload, Interpolate, Edit and (with a super-resolution model) Super-resolve tabs
+around one ``Explorer`` (Gradio), and ``launch``, which serves it offline."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..context import enlarge
 from .explorer import Explorer
 from .inputs import DemoError, show
 
@@ -208,8 +209,75 @@ def _edit_tab(page: _Page) -> None:
     relabel_button.click(_guarded(do_relabel, 1), [page.current, page.label], [relabelled, edit_message])
 
 
+def _superres_tab(page: _Page) -> None:
+    import gradio as gr
+
+    explorer = page.explorer
+    config = explorer.superres.config
+    c, h, w = config.context_shape
+    with gr.Tab("Super-resolve"):
+        gr.Markdown(f"Draw, upload or pick a digit: the page shows its {w}x{h} version and "
+                    f"{config.image_shape[2]}x{config.image_shape[1]} digits sampled given only that "
+                    f"({config.condition}), each with its bits/dim given the {w}x{h} image.")  # fmt: skip
+        with gr.Row():
+            pad = gr.Sketchpad(label="draw a digit", type="numpy", image_mode="RGBA", canvas_size=(280, 280),
+                               elem_id="sr-pad")  # fmt: skip
+            upload = gr.File(label="or upload an image (PNG, JPEG, ...)", type="filepath", elem_id="sr-upload")
+        with gr.Row():
+            picked = gr.Dropdown(page.picks, label="or pick a test image", elem_id="sr-pick")
+            temperature = gr.Slider(0, 1, value=0.6, step=0.05, label="temperature", elem_id="sr-temperature")
+            seed = gr.Number(0, precision=0, label="seed", elem_id="sr-seed")
+        button = gr.Button("Super-resolve the drawing", variant="primary", elem_id="superres")
+        with gr.Row():
+            shown = gr.Image(label="the image", format="png", interactive=False, elem_id="sr-input")
+            small = gr.Image(label=f"its {w}x{h} version (the context)", format="png", interactive=False,
+                             elem_id="sr-lowres")  # fmt: skip
+            samples = gr.Image(label="samples given the context", format="png", interactive=False,
+                               elem_id="sr-samples")  # fmt: skip
+        reading = gr.Markdown(elem_id="sr-reading")
+        message = gr.Markdown(elem_id="sr-message")
+        source = gr.State(None)  # the image being super-resolved, (C, H, W) uint8 as a nested list
+
+    def run(image, t, s):
+        result = explorer.superresolve(image, t, s)
+        scores = result.bits_per_dim.tolist()
+        per_row = 8
+        rows = [", ".join(f"{v:.3f}" for v in scores[i : i + per_row]) for i in range(0, len(scores), per_row)]
+        text = (f"**{len(scores)} samples at temperature {float(t):g}**, bits/dim given the {w}x{h} image (mean "
+                f"{sum(scores) / len(scores):.3f}), row by row: " + "; ".join(rows)
+                + f". The image itself: {result.image_bits_per_dim:.3f} bits/dim given it.")  # fmt: skip
+        enlarged = enlarge(result.lowres.unsqueeze(0), config.image_shape[1:])
+        return (image.numpy().tolist(), show(image.unsqueeze(0)), show(enlarged),
+                show(result.samples, columns=per_row), text)  # fmt: skip
+
+    def do_drawing(value, t, s):
+        return run(explorer.prepare(value)[0], t, s)
+
+    def do_upload(path, t, s):  # the file box is emptied after each upload, ready for the next one
+        try:
+            return (*do_drawing(path, t, s), None, "")
+        except DemoError as error:
+            return (*[gr.update() for _ in range(5)], None, f"**{error}**")
+
+    def do_pick(choice, t, s):
+        return run(page.pick(choice), t, s)
+
+    def do_again(state, t, s):  # a new temperature or seed: the same image again
+        if state is None:
+            raise DemoError("draw, upload or pick a digit first")
+        return run(page.image_of(state), t, s)
+
+    outputs = [source, shown, small, samples, reading, message]
+    button.click(_guarded(do_drawing, 5), [pad, temperature, seed], outputs)
+    upload.upload(do_upload, [upload, temperature, seed], [*outputs[:-1], upload, message])
+    picked.input(_guarded(do_pick, 5), [picked, temperature, seed], outputs)
+    temperature.release(_guarded(do_again, 5), [source, temperature, seed], outputs)
+    seed.submit(_guarded(do_again, 5), [source, temperature, seed], outputs)
+
+
 def build_app(explorer: Explorer):
-    """The page: Sample, Draw or upload, Interpolate and Edit tabs around one ``Explorer``."""
+    """The page: Sample, Draw or upload, Interpolate, Edit and (with a super-resolution model) Super-resolve
+    tabs around one ``Explorer``."""
     import gradio as gr
 
     classes = list(range(explorer.model.config.num_classes))
@@ -224,6 +292,8 @@ def build_app(explorer: Explorer):
         _read_tab(page)
         _interpolate_tab(page, app)
         _edit_tab(page)
+        if explorer.superres is not None:
+            _superres_tab(page)
     return app
 
 

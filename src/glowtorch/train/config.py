@@ -58,6 +58,9 @@ class TrainConfig:
         eval_every: steps between evaluations and checkpoints; 0 means once per epoch.
         eval_batch_size: images per batch when evaluating (does not change the result).
         eval_draws: dequantization draws averaged for test bits/dim.
+        baseline: models conditioned on a context: an unconditional model of the same images (a folder or
+            pretrained:NAME), scored once on the test split with the same noise; each metrics line has its
+            bits/dim as ``baseline_bpd`` beside the conditional ``test_bpd``.
         temperatures: the sample grid's rows, one temperature each.
         samples_per_row: the sample grid's columns.
         keep_checkpoints: how many training-state files to keep.
@@ -91,6 +94,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batch_size: int = 500
     eval_draws: int = 1
+    baseline: str | None = None
     temperatures: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 1.0)
     samples_per_row: int = 10
     keep_checkpoints: int = 2

@@ -39,6 +39,8 @@ def progress_line(metrics: dict, max_steps: int | None = None, max_minutes: floa
         parts.append(f"train {train_bpd:.3f}")
     if "test_bpd" in metrics:
         parts.append(f"test {metrics['test_bpd']:.3f} bits/dim (median {metrics['test_bpd_median']:.3f})")
+    if "baseline_bpd" in metrics:
+        parts.append(f"baseline {metrics['baseline_bpd']:.3f}")
     if "test_accuracy" in metrics:
         parts.append(f"accuracy {metrics['test_accuracy']:.3f}")
     parts.append(f"{metrics['train_images_per_s']:.0f} img/s")

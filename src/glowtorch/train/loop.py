@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, rng_state, set_rng_state
+from ..checkpoint import CheckpointError, load_baseline, rng_state, set_rng_state
 from ..context import condition_kind
 from ..data import Dataset, step_generator
 from ..distributed import Distributed
@@ -107,6 +107,9 @@ class Trainer:
                 "loop (loss: -model.log_prob(x, context=c)); glowtorch train makes 'lowres:F' contexts"
             )
         context_of = model_config.context_of if model_config.condition else None
+        # checked before anything is written; scored at the first evaluation
+        self.baseline = load_baseline(model_config, config.baseline, self.device) if config.baseline else None
+        self.baseline_bpd: float | None = None
         self.batches = BatchSource(train_data, config, model_config.n_bits, model_config.num_classes > 0,
                                    self.dist, self.device, context_of)  # fmt: skip
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -326,6 +329,12 @@ class Trainer:
                     self.ema, self.test_data, config.eval_batch_size, config.eval_draws, dist=self.dist
                 )
             )
+            if self.baseline is not None:
+                if self.baseline_bpd is None:  # the same images and noise as test_bpd
+                    self.baseline_bpd = evaluate_bits_per_dim(
+                        self.baseline, self.test_data, config.eval_batch_size, config.eval_draws, dist=self.dist
+                    )["test_bpd"]
+                metrics["baseline_bpd"] = self.baseline_bpd
         self.window = TrainingWindow()
         if self.dist.is_main:
             labels = None
