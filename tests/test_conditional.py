@@ -219,3 +219,18 @@ def test_bfloat16_coupling_networks_take_the_context_too() -> None:
     assert (other - exact).abs().max() > 10 * (rounded - exact).abs().max()  # the context still counts
     with model.full_precision():
         assert torch.equal(model.log_prob(x, context=c), exact)
+
+
+def test_class_and_context_together() -> None:
+    from glowtorch.class_prior import fit_class_prior
+
+    model = conditional_model(condition="lowres:2", num_classes=3)
+    x, c = images(3, model.config.image_shape), contexts(model, 3)
+    zs, _ = model.encode(x, torch.tensor([0, 1, 2]), context=c)
+    by_class = model.class_log_likelihoods(zs[-1], context=c)
+    for k in range(3):  # log p(z_top | y = k, context) from the top prior with both shifts
+        mean, log_std = model.top_prior_params(3, torch.full((3,), k), model.context_encoder(c)[-1])
+        assert_close(by_class[:, k], gaussian_log_prob(zs[-1], mean, log_std))
+    assert model.classify(x, context=c).shape == (3, 3)
+    with pytest.raises(ValueError, match="without a context"):
+        fit_class_prior(model, torch.zeros(6, 2, 4, 4, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]))

@@ -377,8 +377,8 @@ def test_a_round_trip_that_overflows_in_float32_is_recomputed_in_float64(monkeyp
     images = torch.randint(0, 256, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     plain_decode = model.decode
 
-    def overflowing_decode(zs, y=None):  # the float32 model's inverse fails on image 1; its float64 twin does not
-        x = plain_decode(zs, y)
+    def overflowing_decode(zs, y=None, *, context=None):  # the float32 model fails on image 1; its float64 twin not
+        x = plain_decode(zs, y, context=context)
         return x.index_fill(0, torch.tensor([1]), float("nan")) if len(x) == 3 else x
 
     monkeypatch.setattr(model, "decode", overflowing_decode)

@@ -217,3 +217,46 @@ def test_card_figure_recomputed_on_the_shipped_test_images(name: str) -> None:
     recomputed = total / card["draws"]
     error = (recomputed - scores[indices].double()[:, None]).abs().min(1).values  # its own class: the closest
     assert error.max() < 1e-4
+
+
+# --------------------------------------------------------------------------- pretrained:mnist-sr4
+
+
+def test_the_super_resolution_model_loads_trained_and_records_its_measurements() -> None:
+    model = glowtorch.load_pretrained("mnist-sr4")
+    assert model.config.condition == "lowres:4" and model.config.context_shape == (1, 7, 7)
+    actnorms = [m for m in model.modules() if isinstance(m, ActNorm)]
+    assert all(bool(m.initialized) for m in actnorms) and any(m.log_scale.abs().max() > 0.01 for m in actnorms)
+    card = pretrained_card("mnist-sr4")
+    assert card["parameters"] == sum(p.numel() for p in model.parameters())
+    assert glowtorch.GlowConfig.from_dict(card["architecture"]) == model.config
+    sr = card["superres"]
+    assert sr["images"] == 10000 and sr["test_bpd"] == card["test_bpd"] and sr["draws"] == card["draws"] == 4
+    # the baseline is pretrained:mnist scored by the same function with the same noise as its own card
+    assert sr["baseline_bpd"] == pytest.approx(pretrained_card("mnist")["test_bpd"], abs=1e-9)
+    assert sr["test_bpd"] < sr["twin"]["test_bpd"] and sr["test_bpd"] < sr["baseline_bpd"]
+    assert set(sr["fidelity_mae"]) == {"0", "0.6", "1"} and set(sr["diversity"]) == {"0.6", "1"}
+    assert sr["command"].startswith("glowtorch superres pretrained:mnist-sr4")
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "model-mnist-sr4.md").read_text()
+    assert f"{card['test_bpd']:.4f}" in page and sr["command"] in page and f"{sr['psnr_mode']:.2f} dB" in page
+
+
+def test_the_super_resolution_model_samples_digits_that_keep_their_7x7_version(tmp_path, capsys) -> None:
+    from glowtorch.context import lowres_images
+    from glowtorch.preprocess import to_uint8
+
+    model = glowtorch.load_pretrained("mnist-sr4")
+    digits = handwritten_digits()
+    lowres = lowres_images(digits, 4)
+    with torch.no_grad():
+        modes = to_uint8(model.sample(4, 0.0, context=model.config.context_of(digits)).clamp(-0.5, 0.5))
+    # the modes' own 7x7 versions are close to the contexts they were drawn for (grey levels of 0..255)
+    fidelity = (lowres_images(modes, 4).double() - lowres.double()).abs().mean().item()
+    assert fidelity < 2 * pretrained_card("mnist-sr4")["superres"]["fidelity_mae"]["0"] + 5
+    Image.fromarray(lowres[2, 0].numpy(), "L").save(tmp_path / "seven.png")
+    code, _, err = run(capsys, "sample", "pretrained:mnist-sr4", "--context", tmp_path / "seven.png", "--n", "4",
+                       "-o", tmp_path / "row.png", "--precision", "float32")  # fmt: skip
+    assert code == 0, err
+    assert Image.open(tmp_path / "row.png").size == (5 * 30 + 2, 32)  # the context and 4 samples, padding 2

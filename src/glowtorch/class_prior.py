@@ -34,6 +34,8 @@ def fit_class_prior(
     config = model.config
     if config.num_classes == 0:
         raise ValueError("fitting a class prior needs a class-conditional model")
+    if config.condition:  # the context shifts each image's top prior: a per-class fit alone is not the optimum
+        raise ValueError("fitting a class prior is for models without a context (trained without --condition)")
     labels = labels.long().cpu()
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels: give one label per image")
