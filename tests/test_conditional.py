@@ -11,6 +11,7 @@ from conftest import images, random_model
 from glowtorch import Glow, GlowConfig
 from glowtorch.context import context_from_lowres, context_shape, lowres_images
 from glowtorch.layers import gaussian_log_prob
+from test_model import flat, labels_for
 
 VARIANTS = [
     dict(condition="lowres:2"),
@@ -27,14 +28,6 @@ def conditional_model(seed: int = 0, **overrides) -> Glow:
 
 def contexts(model: Glow, batch: int, seed: int = 1) -> torch.Tensor:
     return images(batch, model.config.context_shape, seed=seed)
-
-
-def labels_for(model: Glow, batch: int):
-    return torch.arange(batch) % model.config.num_classes if model.config.num_classes else None
-
-
-def flat(zs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([z.flatten(1) for z in zs], 1)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))

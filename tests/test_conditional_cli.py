@@ -16,20 +16,11 @@ from glowtorch.cli import main
 from glowtorch.context import lowres_images
 from glowtorch.data import load_dataset
 from glowtorch.preprocess import to_uint8
+from test_cli import one_line_error, run
 
 TINY = ["--levels", "2", "--depth", "1", "--hidden-channels", "8", "--batch-size", "16", "--init-images", "32",
         "--eval-every", "3", "--no-progress", "--temperatures", "0,0.7", "--context-features", "4",
         "--precision", "float32"]  # fmt: skip
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> bool:
-    return err.count("\n") == 1 and err.startswith("glowtorch: error:") and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_model, load_pretrained, save_model
+from .context import context_from_lowres, lowres_images
 from .likelihood import bits_per_dim, nll_bits_per_dim
 from .model import ComputeConfig, Glow, GlowConfig, NotInitializedError
 from .preprocess import dequantize, to_uint8
@@ -14,10 +15,12 @@ __all__ = [
     "GlowConfig",
     "NotInitializedError",
     "bits_per_dim",
+    "context_from_lowres",
     "dequantize",
     "keep_freed_memory",
     "load_model",
     "load_pretrained",
+    "lowres_images",
     "nll_bits_per_dim",
     "pretrained_names",
     "save_model",

@@ -229,11 +229,11 @@ def _superres_tab(page: _Page) -> None:
             seed = gr.Number(0, precision=0, label="seed", elem_id="sr-seed")
         button = gr.Button("Super-resolve the drawing", variant="primary", elem_id="superres")
         with gr.Row():
-            shown = gr.Image(label="the image", format="png", interactive=False, elem_id="sr-input")
+            shown = gr.Image(label="the image", format="png", interactive=False, elem_id="sr-input", scale=1)
             small = gr.Image(label=f"its {w}x{h} version (the context)", format="png", interactive=False,
-                             elem_id="sr-lowres")  # fmt: skip
+                             elem_id="sr-lowres", scale=1)  # fmt: skip
             samples = gr.Image(label="samples given the context", format="png", interactive=False,
-                               elem_id="sr-samples")  # fmt: skip
+                               elem_id="sr-samples", scale=3)  # fmt: skip
         reading = gr.Markdown(elem_id="sr-reading")
         message = gr.Markdown(elem_id="sr-message")
         source = gr.State(None)  # the image being super-resolved, (C, H, W) uint8 as a nested list
