@@ -166,3 +166,17 @@ def test_batch_not_divisible_by_world_size(tmp_path) -> None:
     result = run_cli(*TORCHRUN, str(free_port()), *argv)
     assert result.returncode != 0
     assert "must divide by the number of processes (2)" in result.stderr
+
+
+def test_a_conditional_model_trains_the_same_on_two_processes(tmp_path) -> None:
+    """Each process makes the contexts of its own share of the batch: the same model as one process."""
+    condition = ["--condition", "lowres:2", "--context-features", "4", "--steps", "4"]
+    result = run_cli(*TORCHRUN, str(free_port()), *CLI, *condition, "--out", str(tmp_path / "dist"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(sys.executable, *CLI, *condition, "--out", str(tmp_path / "single"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = load_model(tmp_path / "dist" / "model"), load_model(tmp_path / "single" / "model")
+    assert a.config.condition == "lowres:2"
+    for name, tensor in b.state_dict().items():
+        assert_close(a.state_dict()[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    assert a.context_prior.conv.weight.abs().sum() > 0  # zero at the start: trained from the contexts
