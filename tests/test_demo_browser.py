@@ -203,7 +203,7 @@ def test_super_resolve_shows_the_7x7_version_and_samples_with_their_bits_per_dim
     source = urllib.parse.urljoin(page.url, image_source(page, "sr-lowres"))
     served = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(source).read())).convert("L"))
     block = 4 * DISPLAY  # each 7x7 pixel: 4x4 pixels of the digit, each shown DISPLAY x DISPLAY
-    expected = lowres_images(torch.from_numpy(np.asarray(canvas))[None, None], 4)[0, 0].numpy()
+    expected = lowres_images(torch.from_numpy(np.asarray(canvas).copy())[None, None], 4)[0, 0].numpy()
     assert served.shape == (28 * DISPLAY, 28 * DISPLAY) and (served[::block, ::block] == expected).all()
     shown = np.asarray(Image.open(io.BytesIO(page.locator("#sr-samples img").first.screenshot())).convert("L"))
     assert shown.min() < 50 and shown.max() > 200  # white strokes on black
