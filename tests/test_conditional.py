@@ -227,3 +227,20 @@ def test_class_and_context_together() -> None:
     assert model.classify(x, context=c).shape == (3, 3)
     with pytest.raises(ValueError, match="without a context"):
         fit_class_prior(model, torch.zeros(6, 2, 4, 4, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]))
+
+
+def test_training_batches_carry_the_contexts_of_their_own_augmented_images() -> None:
+    """The context of each training image is made after its flip and shift, from the very pixels of x."""
+    from glowtorch.data import load_dataset
+    from glowtorch.distributed import Distributed
+    from glowtorch.preprocess import to_uint8
+    from glowtorch.train import BatchSource, TrainConfig
+
+    config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=4, condition="lowres:2")
+    train = TrainConfig(batch_size=16, steps=1, flip=True, shift=2, precision="float32")
+    source = BatchSource(load_dataset("digits"), train, 8, False, Distributed(), torch.device("cpu"), config.context_of)
+    batch = source(3)
+    assert batch.context.shape == (16, 1, 4, 4)
+    assert torch.equal(batch.context, config.context_of(to_uint8(batch.x)))
+    unshifted = config.context_of(load_dataset("digits").images[batch.indices])
+    assert not torch.equal(batch.context, unshifted)  # the augmentation moved them
