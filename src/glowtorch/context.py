@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .preprocess import dequantize
+
 __all__ = [
     "ContextEncoder",
     "condition_kind",
@@ -52,12 +54,12 @@ def condition_kind(condition: str) -> str:
     return _parse(condition)[0] if condition else ""
 
 
-def lowres_factor(condition: str) -> int:
-    """``F`` of ``"lowres:F"``."""
-    kind, value = _parse(condition)
-    if kind != "lowres":
-        raise ValueError(f"{condition!r} is not a low-resolution condition")
-    return int(value)
+def lowres_factor(condition: str, what: str = "this") -> int:
+    """``F`` of ``"lowres:F"``; for any other condition (or none) a ``ValueError`` saying that ``what`` needs a
+    model trained with ``--condition lowres:F``."""
+    if condition_kind(condition) != "lowres":
+        raise ValueError(f"{what} needs a model trained with --condition lowres:F")
+    return int(_parse(condition)[1])
 
 
 def context_shape(condition: str, image_shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
@@ -98,11 +100,9 @@ def lowres_images(images: Tensor, factor: int, n_bits: int = 8) -> Tensor:
 
 
 def context_from_lowres(lowres: Tensor, n_bits: int = 8, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 low-resolution images ``(B, C, h, w)`` -> the model-space context, the centre of each pixel's bin."""
-    if lowres.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 low-resolution images, got {lowres.dtype}")
-    k = torch.div(lowres, 2 ** (8 - n_bits), rounding_mode="floor").to(dtype)
-    return (k + 0.5) / 2**n_bits - 0.5
+    """uint8 low-resolution images ``(B, C, h, w)`` -> the model-space context, the centre of each pixel's bin
+    (``dequantize`` without noise)."""
+    return dequantize(lowres, n_bits, noise=False, dtype=dtype)
 
 
 def enlarge(lowres: Tensor, size: tuple[int, int]) -> Tensor:

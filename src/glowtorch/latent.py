@@ -72,12 +72,11 @@ def _model_input(model: Glow, images: Tensor) -> Tensor:
 def image_contexts(model: Glow, images: Tensor, context: Tensor | None = None) -> Tensor | None:
     """The contexts ``(N, C_c, h, w)`` (model space, on the model's device) that uint8 ``images`` ``(N, C, H, W)``
     are encoded under: ``context`` (N rows, or 1 for all) when given, else each image's own for a "lowres:F"
-    model; None for an unconditional model. A "tensor:" model needs ``context``."""
-    if not model.config.condition:
-        if context is not None:
-            raise ValueError("this model has no context (it was trained without --condition): do not pass one")
-        return None
+    model; None for an unconditional model (a context given to one is refused by the model). A "tensor:" model
+    needs ``context``."""
     if context is None:
+        if not model.config.condition:
+            return None
         context = model.config.context_of(images)
     if context.dim() == 4 and len(context) == 1:
         context = context.expand(len(images), -1, -1, -1)

@@ -14,24 +14,17 @@ Every figure is in grey levels of 0..255 (8-bit pixels, whatever the model's ``n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .context import condition_kind, context_from_lowres, enlarge, lowres_factor, lowres_images
+from .context import context_from_lowres, enlarge, lowres_factor, lowres_images
 from .model import Glow
 from .preprocess import dequantize, to_uint8
 
 __all__ = ["bicubic_upsample", "superres_figure", "superres_report"]
-
-
-def _check(model: Glow) -> int:
-    if condition_kind(model.config.condition) != "lowres":
-        raise ValueError("super-resolution needs a model trained with --condition lowres:F")
-    return lowres_factor(model.config.condition)
 
 
 def bicubic_upsample(lowres: Tensor, size: tuple[int, int]) -> Tensor:
@@ -81,7 +74,7 @@ def superres_report(
     """
     from tqdm import tqdm
 
-    factor = _check(model)
+    factor = lowres_factor(model.config.condition, "super-resolution")
     bits = model.config.n_bits
     if len(images) == 0:
         raise ValueError("no images to measure")
@@ -95,8 +88,9 @@ def superres_report(
 
     report: dict = {"images": len(images), "factor": factor, "fidelity_mae": {}, "diversity": {}}
     mode = None
-    steps = list(temperatures) + [t for t in temperatures if t > 0] * diversity_samples
-    bar = tqdm(total=len(steps), desc="sampling", leave=False, disable=not progress)
+    nonzero = [t for t in temperatures if t > 0]
+    bar = tqdm(total=len(temperatures) + len(nonzero) * diversity_samples, desc="sampling", leave=False,
+               disable=not progress)  # fmt: skip
     for temperature in temperatures:
         samples = sample_images(model, lowres, temperature, generator, batch_size)
         bar.update()
@@ -108,7 +102,7 @@ def superres_report(
     report["bicubic_fidelity_mae"] = fidelity(bicubic)
     report["psnr_mode"] = _finite_mean(_psnr(mode, truth))
     report["psnr_bicubic"] = _finite_mean(_psnr(bicubic, truth))
-    for temperature in (t for t in temperatures if t > 0):
+    for temperature in nonzero:
         total = torch.zeros(images.shape, dtype=torch.float64)
         squares = torch.zeros(images.shape, dtype=torch.float64)
         for _ in range(diversity_samples):
@@ -125,7 +119,7 @@ def superres_report(
 
 def _finite_mean(values: Tensor) -> float:
     """The mean of per-image PSNRs; an image reproduced exactly (infinite PSNR) counts as 100 dB."""
-    return values.clamp(max=100.0).mean().item() if len(values) else math.nan
+    return values.clamp(max=100.0).mean().item()
 
 
 def superres_figure(
@@ -134,7 +128,7 @@ def superres_figure(
     """The cells of a figure for ``save_grid`` (uint8 ``(rows * columns, C, H, W)``) and its number of columns:
     one row per image of ``images``: its context (enlarged), bicubic upsampling, ``per_temperature`` samples
     at each temperature, the true image."""
-    factor = _check(model)
+    factor = lowres_factor(model.config.condition, "super-resolution")
     bits = model.config.n_bits
     size = tuple(images.shape[2:])
     lowres = lowres_images(images, factor, bits)

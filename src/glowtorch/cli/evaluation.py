@@ -184,13 +184,13 @@ def add_superres(sub: argparse._SubParsersAction, shared: Shared) -> None:
 def cmd_superres(args) -> int:
     import json
 
+    from ..context import lowres_factor
     from ..evaluate import evaluate_bits_per_dim
     from ..images import save_grid
     from ..superres import superres_figure, superres_report
 
     model = load_model(args.checkpoint, device=args.device)
-    if not model.config.condition.startswith("lowres:"):
-        raise UsageError("superres needs a model trained with --condition lowres:F")
+    lowres_factor(model.config.condition, "superres")  # before any data is read
     baseline = load_baseline(model.config, args.baseline, args.device) if args.baseline else None
     if args.samples < 2:
         raise UsageError("--samples must be at least 2 (a standard deviation across samples)")

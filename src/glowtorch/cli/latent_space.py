@@ -88,16 +88,15 @@ def add_lowres(sub: argparse._SubParsersAction, shared: Shared) -> None:
 
 
 def cmd_lowres(args) -> int:
-    from ..context import condition_kind, lowres_factor, lowres_images
+    from ..context import lowres_factor, lowres_images
     from ..data import read_image_files
     from ..images import save_grid
 
     model = load_model(args.checkpoint)
     config = model.config
-    if condition_kind(config.condition) != "lowres":
-        raise UsageError("lowres needs a model trained with --condition lowres:F")
+    factor = lowres_factor(config.condition, "lowres")
     images = read_image_files(args.images, config.image_shape)
-    small = lowres_images(images, lowres_factor(config.condition), config.n_bits)
+    small = lowres_images(images, factor, config.n_bits)
     out = ensure_writable_dir(Path(args.output))
     for path, image in zip(args.images, small, strict=True):
         save_grid(image.unsqueeze(0), out / f"{Path(path).stem}.png", columns=1, padding=0)
@@ -162,10 +161,9 @@ def cmd_encode(args) -> int:
     model = load_model(checkpoint, device=args.device)
     images = read_image_files(args.images, model.config.image_shape)
     y = class_labels(model, args.label, len(images))
-    context = _contexts_for(model, args.context, len(images))
+    context = image_contexts(model, images, _contexts_for(model, args.context, len(images)))  # stored beside zs
     zs = encode_images(model, images, y, context=context)
     names = [Path(p).stem for p in args.images]
-    context = image_contexts(model, images, context)
     write_latents(output_path(args.output), model, zs, y, names, checkpoint, context)
     print(f"wrote latents of {len(images)} image(s), {len(zs)} levels, to {args.output}")
     return 0
