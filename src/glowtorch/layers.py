@@ -316,6 +316,16 @@ class CouplingNetwork(nn.Module):
         return self.conv_out(h)
 
 
+def with_context(x: Tensor, context: Tensor | None, context_channels: int, what: str) -> Tensor:
+    """The input of a network conditioned on ``context_channels`` context channels: ``x`` with the context
+    concatenated on the channel axis (``x`` itself when the network has none)."""
+    if not context_channels:
+        return x
+    if context is None:
+        raise ValueError(f"this {what} is conditioned on a context: pass context")
+    return torch.cat([x, context.to(x.dtype)], 1)
+
+
 class Coupling(nn.Module):
     """A coupling layer: the first ``C // 2`` channels pass through and condition an element-wise,
     invertible map of the rest; subclasses define the map.
@@ -346,10 +356,7 @@ class Coupling(nn.Module):
         self.autocast_dtype = dtype
 
     def network(self, x_cond: Tensor, context: Tensor | None = None) -> Tensor:
-        if self.context_channels:
-            if context is None:
-                raise ValueError("this coupling is conditioned on a context: pass context")
-            x_cond = torch.cat([x_cond, context.to(x_cond.dtype)], 1)
+        x_cond = with_context(x_cond, context, self.context_channels, "coupling")
         if self.autocast_dtype is None:
             return self.net(x_cond)
         with torch.autocast(x_cond.device.type, dtype=self.autocast_dtype):
@@ -566,9 +573,5 @@ class Split(nn.Module):
         return torch.cat([kept, z], 1)
 
     def prior(self, kept: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.context_channels:
-            if context is None:
-                raise ValueError("this split's prior is conditioned on a context: pass context")
-            kept = torch.cat([kept, context.to(kept.dtype)], 1)
-        h = self.prior_net(kept)
+        h = self.prior_net(with_context(kept, context, self.context_channels, "split's prior"))
         return h[:, 0::2], h[:, 1::2]

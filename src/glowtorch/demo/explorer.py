@@ -118,12 +118,10 @@ class Explorer:
             if len(values) != self.levels:
                 raise DemoError(f"give {self.levels} per-level temperatures (finest first), got {len(values)}")
             temperatures = [unit_number(v, "each per-level temperature") for v in values]
-        if not (1 <= int(n) <= MAX_SAMPLES):
-            raise DemoError(f"the number of samples must be 1 to {MAX_SAMPLES}")
-        seed = int(finite_number(seed, "seed"))
-        y = self._label(label, int(n))
+        n, generator = _draws(n, seed)
+        y = self._label(label, n)
         with torch.inference_mode():
-            x = self.model.sample(int(n), temperatures, y=y, generator=torch.Generator().manual_seed(seed))
+            x = self.model.sample(n, temperatures, y=y, generator=generator)
         return to_uint8(x.clamp(-0.5, 0.5), self.model.config.n_bits)
 
     # ----------------------------------------------------------------- read one image
@@ -182,14 +180,12 @@ class Explorer:
         if model is None:
             raise DemoError("no super-resolution model: start the demo with --superres MODEL")
         temperature = unit_number(temperature, "temperature")
-        seed = int(finite_number(seed, "seed"))
-        if not (1 <= int(n) <= MAX_SAMPLES):
-            raise DemoError(f"the number of samples must be 1 to {MAX_SAMPLES}")
+        n, generator = _draws(n, seed)
         bits = model.config.n_bits
         lowres = lowres_images(image.unsqueeze(0), lowres_factor(model.config.condition), bits)
         context = context_from_lowres(lowres, bits).to(model.top_prior)
         with torch.inference_mode(), model.full_precision():
-            x = model.sample(int(n), temperature, generator=torch.Generator().manual_seed(seed), context=context)
+            x = model.sample(n, temperature, generator=generator, context=context)
         samples = to_uint8(x.clamp(-0.5, 0.5), bits)
         # the image and its samples, all given the image's context (not each sample's own low-resolution version)
         both = torch.cat([image.unsqueeze(0), samples])
@@ -291,6 +287,13 @@ class Explorer:
             except ValueError:
                 directions = None  # made for an earlier version of these weights: the page offers an upload
         return cls(model, str(checkpoint), scores, examples, directions, superres_model)
+
+
+def _draws(n: Any, seed: Any) -> tuple[int, torch.Generator]:
+    """The page's number of samples (1 to ``MAX_SAMPLES``) and a generator seeded with its seed."""
+    if not (1 <= int(n) <= MAX_SAMPLES):
+        raise DemoError(f"the number of samples must be 1 to {MAX_SAMPLES}")
+    return int(n), torch.Generator().manual_seed(int(finite_number(seed, "seed")))
 
 
 def _check_models(model: Glow, name: str, superres: Glow | None = None) -> None:
