@@ -118,6 +118,8 @@ def test_bad_contexts_give_one_line_errors(runs, tmp_path, capsys) -> None:
         (["evaluate", runs / "sr", "--dataset", "digits", "--baseline", runs / "sr"], "must be an unconditional"),
         (["train", "--dataset", "digits", "--condition", "lowres:3", "--steps", "1", "--out", tmp_path / "r"],
          "not divisible by 3"),
+        (["train", "--dataset", "digits", "--condition", "lowres:2", "--baseline", runs / "sr", "--steps", "1",
+          "--out", tmp_path / "r"], "must be an unconditional"),
         (["train", "--dataset", "digits", "--condition", "tensor:2,1,1", "--steps", "1", "--out", tmp_path / "r"],
          "comes from your own code"),
     ]  # fmt: skip
