@@ -138,14 +138,18 @@ def test_resuming_a_finished_run_writes_no_second_line(finished_run, tmp_path, c
 
 def test_temporary_files_of_a_killed_save_are_cleaned_everywhere(finished_run, tmp_path, capsys) -> None:
     run_dir = copy_run(finished_run, tmp_path / "run")
-    stale = [run_dir / ".bpd.png.tmp123", run_dir / "model" / ".model.safetensors.tmp123",
-             run_dir / "samples" / ".step_00000009.png.tmp123",
-             run_dir / "checkpoints" / ".step_00000009.pt.tmp1"]  # fmt: skip
-    for path in stale:
+    stale = [run_dir / ".bpd.png.glowtorch-tmp-ab12cd_9", run_dir / "model" / ".model.safetensors.glowtorch-tmp-zzzzzzzz",
+             run_dir / "samples" / ".step_00000009.png.glowtorch-tmp-0a1b2c3d",
+             run_dir / "checkpoints" / ".step_00000009.pt.glowtorch-tmp-q_q_q_q_"]  # fmt: skip
+    # The user's own hidden files, with names like temporaries of other programs: never touched.
+    users = [run_dir / ".thesis.tmpl", run_dir / "model" / ".notes.tmp1", run_dir / "samples" / ".bpd.png.tmp123",
+             run_dir / "checkpoints" / ".x.glowtorch-tmp-short", run_dir / ".a.glowtorch-tmp-ABCDEFGH"]  # fmt: skip
+    for path in stale + users:
         path.write_bytes(b"half")
     code, _, err = run(capsys, "train", "--dataset", "digits", "--steps", "9", "--out", run_dir, "--resume", *TINY)
     assert code == 0, err
     assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"half" for p in users)
 
 
 def test_a_failed_train_leaves_no_empty_folder(tmp_path, capsys) -> None:

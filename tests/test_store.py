@@ -78,21 +78,27 @@ def test_preparing_again_keeps_a_complete_store_and_refuses_other_folders(image_
 
 
 def test_an_interrupted_prepare_leaves_nothing_that_looks_like_a_store(image_folder, tmp_path, monkeypatch):
+    """An interrupted prepare removes the folder it was writing (and only it): a user's own ``store.partial``
+    folder beside the store, with a file in it, is left as it was."""
     import glowtorch.data.store
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
+    users = tmp_path / "store.partial"
+    users.mkdir()
+    (users / "mine.txt").write_text("keep")
     monkeypatch.setattr(glowtorch.data.store, "atomic_write", fail)  # dies just before the manifest
     with pytest.raises(KeyboardInterrupt):
         prepare_store("folder", image_folder, tmp_path / "store", image_size=8, workers=1)
-    assert not (tmp_path / "store").exists() and (tmp_path / "store.partial").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.partial"]
     with pytest.raises(DataError, match="not a prepared store"):
         open_store(tmp_path / "store")
     monkeypatch.undo()
     prepare_store("folder", image_folder, tmp_path / "store", image_size=8, workers=1)  # starts over
     assert open_store(tmp_path / "store").images.shape[1:] == (3, 8, 8)
-    assert not (tmp_path / "store.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "store.partial"]
+    assert (users / "mine.txt").read_text() == "keep"
 
 
 def damaged(folder_store, tmp_path, name: str):

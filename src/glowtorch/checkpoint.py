@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import random
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from .files import atomic_write, first_line
 from .model import Glow, GlowConfig
 from .pretrained import is_pretrained, pretrained_dir
+from .validation import check_device
 
 __all__ = [
     "CheckpointError",
@@ -89,6 +91,7 @@ def load_config(directory: str | Path) -> GlowConfig:
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glow:
     """Loads a model saved by ``save_model`` (from its directory, a run directory holding ``model/``, or
     ``pretrained:NAME``); its ActNorm layers keep their saved state. It computes with the default ``ComputeConfig``."""
+    check_device(device)  # before the file: an unknown device is not a damaged file
     directory = resolve_checkpoint(directory)
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
@@ -108,6 +111,19 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Glo
         raise CheckpointError(
             f"{weights} does not match its config.json ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(wrong)} mis-shaped tensors, e.g. {first}); the files come from different models"
+        )
+    wrong_dtype = sorted(k for k in state if state[k].dtype != expected[k].dtype)
+    if wrong_dtype:
+        key = wrong_dtype[0]
+        raise CheckpointError(
+            f"{weights} holds {state[key].dtype} weights ({key}) where the model has {expected[key].dtype}; "
+            "the file was not written by glowtorch"
+        )
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(
+            f"{weights} holds non-finite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}); "
+            "the model diverged or the file is damaged: use an earlier checkpoint"
         )
     model.load_state_dict(state)
     return model
@@ -203,29 +219,82 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def save_training_state(run_dir: str | Path, state: dict, step: int, keep: int) -> Path:
-    """Writes ``checkpoints/step_N.pt`` atomically and keeps the newest ``keep`` of them."""
+    """Writes ``checkpoints/step_N.pt`` atomically and keeps it and the newest ``keep - 1`` older ones. Files of
+    later steps (left by a run resumed from before them because they were unreadable) are not counted:
+    pruning never removes a good checkpoint to keep a damaged one."""
     directory = Path(run_dir) / "checkpoints"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{CHECKPOINT_PREFIX}{step:08d}.pt"
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    for old in checkpoint_paths(run_dir)[:-keep]:
+    older = [p for p in checkpoint_paths(run_dir) if _step_or_none(p) is not None and _step_or_none(p) < step]
+    for old in older[: max(len(older) - (keep - 1), 0)]:
         old.unlink(missing_ok=True)
     return path
 
 
-def load_training_state(run_dir: str | Path) -> dict:
-    """The newest readable training state of ``run_dir`` (a corrupt newest file falls back to an older one)."""
+def _step_or_none(path: Path) -> int | None:
+    try:
+        return checkpoint_step(path)
+    except ValueError:  # not a name glowtorch writes (step_N.pt with a number)
+        return None
+
+
+NUMBER = (int, float)
+REQUIRED_STATE: dict[str, type | tuple[type, ...]] = {
+    "model_config": dict, "train_config": dict, "model": dict, "ema": dict, "optimizer": dict,
+    "step": int, "bad_steps": int, "elapsed": NUMBER, "rng": dict,
+}  # fmt: skip
+OPTIONAL_STATE: dict[str, type | tuple[type, ...]] = {
+    "rollbacks": int, "lr_scale": NUMBER, "running_bpd": (*NUMBER, type(None)), "precision": str,
+}  # fmt: skip
+RNG_STATE: dict[str, type | tuple[type, ...]] = {
+    "torch": torch.Tensor, "numpy_keys": torch.Tensor, "numpy_pos": int, "python": str,
+}  # fmt: skip
+
+
+def load_training_state(run_dir: str | Path, warn=None) -> dict:
+    """The newest readable training state of ``run_dir``. A damaged newest file falls back to an older one,
+    and ``warn`` (a callable taking a line, e.g. ``print``) is told which files were skipped and why."""
     errors = []
     for path in reversed(checkpoint_paths(run_dir)):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or "step" not in state:
-                raise ValueError("not a glowtorch training state")
-            return state
+            check_training_state(state)
         except Exception as error:  # noqa: BLE001 - any unreadable file: try the previous one
             errors.append(f"{path.name}: {first_line(error)[:120]}")
+            continue
+        if errors and warn is not None:
+            warn(f"warning: skipped unreadable training states ({'; '.join(errors)}); resuming from {path.name}")
+        return state
     if errors:
         raise CheckpointError(f"no readable training state in {Path(run_dir) / 'checkpoints'} ({'; '.join(errors)})")
     raise CheckpointError(
         f"nothing to resume: {Path(run_dir) / 'checkpoints'} holds no training state; train without --resume"
     )
+
+
+def check_training_state(state: object) -> None:
+    """``ValueError`` unless ``state`` has the keys and types of a glowtorch training state (what ``Trainer.state``
+    writes; files of earlier versions lack the optional keys)."""
+
+    def check(values: object, required: dict, optional: dict, where: str) -> None:
+        if not isinstance(values, dict):
+            raise ValueError(f"not a glowtorch training state ({where} is a {type(values).__name__})")
+        for key, kind in {**required, **optional}.items():
+            if key not in values:
+                if key in required:
+                    raise ValueError(f"not a glowtorch training state (no {where}{key!r})")
+                continue
+            if not isinstance(values[key], kind) or isinstance(values[key], bool):
+                raise ValueError(f"not a glowtorch training state ({where}{key!r} is a {type(values[key]).__name__})")
+
+    check(state, REQUIRED_STATE, OPTIONAL_STATE, "")
+    check(state["rng"], RNG_STATE, {}, "rng ")
+    for key in ("model", "ema"):
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state[key].items()):
+            raise ValueError(f"not a glowtorch training state ({key!r} holds something other than tensors)")
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer.get("param_groups"), list) or not isinstance(optimizer.get("state"), dict):
+        raise ValueError("not a glowtorch training state (the optimizer's state has no param_groups or state)")
+    if state["step"] < 0 or not math.isfinite(state["elapsed"]):
+        raise ValueError("not a glowtorch training state (a negative step or a non-finite elapsed time)")

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["append_line", "atomic_write", "disk_full", "ensure_writable_dir", "first_line"]
+__all__ = [
+    "append_line",
+    "atomic_write",
+    "current_umask",
+    "disk_full",
+    "ensure_writable_dir",
+    "exclusive_temp",
+    "first_line",
+    "remove_stale_temps",
+]
 
 
 def first_line(error: BaseException) -> str:
@@ -20,26 +31,52 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+TEMP_MARK = ".glowtorch-tmp-"
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.glowtorch-tmp-[a-z0-9_]{8}$")
+
+
+def exclusive_temp(path: str | Path) -> Path:
+    """A new empty file beside ``path`` named ``.NAME.glowtorch-tmp-XXXXXXXX`` (random), created with
+    ``O_EXCL`` and mode 0600: no planted file or symbolic link can be written through, and the name marks it
+    as glowtorch's own (``remove_stale_temps`` removes only such names)."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Removes the temporaries a killed write of glowtorch's left in ``folder`` (regular files named as
+    ``exclusive_temp`` names them, never a link, a folder or any other name); returns them."""
+    removed = []
+    for entry in Path(folder).glob(f".*{TEMP_MARK}*"):
+        if TEMP_PATTERN.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Calls ``write(temporary_path)``, fsyncs, then renames onto ``path``: readers never see half a file,
-    and a failed write leaves the old file as it was. The file gets the mode the user's other new files
-    get (0644 under the usual umask). A full disk is an ``OSError`` naming the file, whatever library
-    wrote it."""
+    and a failed write leaves the old file as it was. The temporary is created by ``exclusive_temp`` (never a
+    name someone else chose). The file gets the mode the user's other new files get (0644 under the usual
+    umask). A full disk is an ``OSError`` naming the file, whatever library wrote it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = exclusive_temp(path)
     try:
         try:
             write(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+                if hasattr(os, "fchmod"):  # POSIX: the mode of the file itself, never a link's target
+                    os.fchmod(f.fileno(), 0o666 & ~current_umask())
         except Exception as error:
             if disk_full(error, path.parent):
                 raise OSError(errno.ENOSPC, f"cannot write {path}: the disk is full") from None
             raise
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.exists() and not tmp.is_symlink():
             tmp.unlink()
 
 
@@ -83,7 +120,8 @@ def append_line(path: str | Path, line: str) -> None:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -94,9 +132,8 @@ def ensure_writable_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".glowtorch-write-test-{os.getpid()}"  # per process: ranks check at once
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # O_EXCL, a random name, gone when closed
+            pass
     except OSError as error:
         raise ValueError(
             f"cannot write to {path} ({error.strerror or error}); choose another output directory"

@@ -26,20 +26,12 @@ from .layers import (
     gaussian_log_prob,
 )
 from .memory import MEMORY_MODES, run_steps
+from .validation import MAX_FLOW_STEPS, check_allocation, check_field_types, dataclass_from_dict
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 CLASS_PRIORS = ("channel", "spatial")
 
 __all__ = ["ComputeConfig", "Glow", "GlowConfig", "NotInitializedError"]
-
-
-def dataclass_from_dict(cls, values: dict, what: str, ignore: tuple[str, ...] = ()):
-    """``cls(**values)`` without the keys in ``ignore``, refusing other unknown keys with a message naming them."""
-    values = {k: v for k, v in values.items() if k not in ignore}
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {what}: {', '.join(unknown)}")
-    return cls(**values)
 
 
 class NotInitializedError(RuntimeError):
@@ -94,13 +86,25 @@ class GlowConfig:
     LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
-        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+        if isinstance(self.image_shape, list):
+            object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        for name, value in check_field_types(GlowConfig, dataclasses.asdict(self)).items():
+            object.__setattr__(self, name, value)  # integers stay integers (no 4.5 bits), tuples stay tuples
+        if min(self.image_shape) < 1:
             raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}")
         for name in ("levels", "depth", "hidden_channels"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         _, height, width = self.image_shape
+        if self.levels >= min(height, width).bit_length():
+            raise ValueError(
+                f"levels={self.levels} halves {height}x{width} images more often than they allow; use fewer levels"
+            )
+        if self.levels * self.depth > MAX_FLOW_STEPS:
+            raise ValueError(
+                f"levels x depth = {self.levels * self.depth:,} steps of flow, more than glowtorch builds "
+                f"({MAX_FLOW_STEPS:,}); check levels and depth"
+            )
         factor = 2**self.levels
         if height % factor or width % factor:
             raise ValueError(
@@ -140,6 +144,31 @@ class GlowConfig:
             raise ValueError(f"the model {what}; only 'lowres:F' contexts are made from the images")
         lowres = lowres_images(images, lowres_factor(self.condition), self.n_bits)
         return context_from_lowres(lowres, self.n_bits, dtype)
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters the model has (an upper estimate from the configuration alone: the
+        coupling networks, 1x1 convolutions and priors), so its size can be checked before it is built."""
+        channels, height, width = self.image_shape
+        context = (self.context_shape[0] + 2 * self.context_features) if self.condition else 0
+        width_h, total = self.hidden_channels, 0
+        for _ in range(self.levels):
+            channels, height, width = channels * 4, height // 2, width // 2
+            step = 9 * width_h * (channels + context) + width_h * width_h + 9 * width_h * channels
+            step += channels * channels + 4 * (width_h + channels)
+            total += self.depth * step + 9 * (channels + context) * channels * 2
+            channels //= 2
+        top = 2 * channels * 2 * (height * width + max(self.num_classes, 1) * (1 + height * width))
+        return total + top + 9 * self.context_features * (context + self.context_features) * self.levels
+
+    def check_size(self, batch: int = 0, what: str = "the model") -> None:
+        """``ValueError`` before anything is built when the model's weights (four copies: weights, gradient
+        and the optimizer's two moments) and ``batch`` images' activations would not fit in this machine's
+        memory (a ``config.json`` asking for a width of 10**7, or a sample of 10**8 images)."""
+        c, h, w = self.image_shape
+        per_image = 16 * max(self.hidden_channels, 4 * c) * (h // 2) * (w // 2)  # a few float32 feature maps
+        overhead = 20_000 * self.levels * self.depth  # Python objects of each step's modules
+        need = 16 * self.parameter_estimate() + overhead + batch * per_image
+        check_allocation(need, what, "check the config's widths and depth, or ask for fewer images")
 
     @property
     def num_dims(self) -> int:
@@ -211,6 +240,7 @@ class Glow(nn.Module):
 
     def __init__(self, config: GlowConfig, compute: ComputeConfig | None = None) -> None:
         super().__init__()
+        config.check_size()
         self.config = config
         channels, height, width = config.image_shape
         self.levels = nn.ModuleList()

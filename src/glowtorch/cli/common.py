@@ -26,6 +26,7 @@ __all__ = [
     "UsageError",
     "add_config_flags",
     "class_labels",
+    "device_name",
     "field_docs",
     "float_list",
     "output_path",
@@ -44,7 +45,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"glowtorch: error: {message} (see '{self.prog} --help')\n")
 
 
-# --------------------------------------------------------------------------- argument types
 # --------------------------------------------------------------------------- argument types
 def signed_float_list(text: str, minimum: float = -math.inf) -> list[float]:
     """Comma-separated finite numbers, each >= ``minimum``."""
@@ -73,7 +73,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-# --------------------------------------------------------------------------- flags from dataclasses
+def device_name(text: str) -> str:
+    """A device this machine has (``--device``): cpu, cuda, cuda:N or mps."""
+    from ..validation import check_device
+
+    try:
+        check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 # --------------------------------------------------------------------------- flags from dataclasses
 def _argument_type(parse):
     """A field's own parser as an argparse type: its ValueError message becomes argparse's."""
@@ -141,7 +151,6 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
 MODEL_FLAGS = ("image_shape", "num_classes")  # GlowConfig fields that come from the data, not from flags
 
 
-# --------------------------------------------------------------------------- helpers
 # --------------------------------------------------------------------------- helpers
 def output_path(path: str | Path) -> Path:
     """``path`` as an output file, its folder created and checked writable."""
@@ -215,7 +224,7 @@ class Shared:
     def build(cls) -> Shared:
         model_help = "model directory, run directory, or pretrained:NAME (a shipped model, see glowtorch pretrained)"
         return cls(
-            device=_parent((("--device",), dict(default="cpu", help="cpu, cuda or cuda:N"))),
+            device=_parent((("--device",), dict(default="cpu", type=device_name, help="cpu, cuda or cuda:N"))),
             model=_parent((("checkpoint",), dict(help=model_help))),
             label=_parent(
                 (("--label",), dict(type=int, help="class of the images or samples (class-conditional models)"))

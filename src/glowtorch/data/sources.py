@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files import first_line
+from ..files import exclusive_temp, first_line
 from .dataset import DataError, Dataset, resize_images
 from .image_files import first_image_size, folder_listing, read_images
 
@@ -53,7 +53,7 @@ def fetch(files: list[RemoteFile], directory: Path, dataset: str, timeout: float
         target = directory / remote.name
         if target.exists():
             continue
-        partial = target.with_name(target.name + ".part")
+        partial = exclusive_temp(target)  # a new file of glowtorch's own, never one planted there
         try:
             with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(partial, "wb") as out:
                 while block := response.read(1 << 20):
@@ -137,6 +137,49 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's python batches and nothing else: a pickle may name only the NumPy functions that
+    rebuild an array (``_reconstruct``, ``_frombuffer``, ``ndarray``, ``dtype``); any other global
+    (``os.system``, ``eval``, a class of any module) is refused before it is looked up, so no code in a data
+    folder ever runs."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol 2 writes bytes read back as latin-1 strings
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """``(images (N, 3, 32, 32) uint8, labels)`` of one CIFAR-10 python batch, read with ``CifarUnpickler``;
+    ``DataError`` for anything that is not such a batch."""
+    try:
+        with open(path, "rb") as f:
+            batch = CifarUnpickler(f, encoding="bytes").load()
+        if not isinstance(batch, dict):
+            raise ValueError(f"holds a {type(batch).__name__}, not a dict")
+        data, labels = batch[b"data"], batch[b"labels"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError("its data is not an (N, 3072) array of bytes")
+        if not isinstance(labels, list) or len(labels) != len(data):
+            raise ValueError("its labels are not one list entry per image")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10 for v in labels):
+            raise ValueError("its labels are not classes 0 to 9")
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError,
+            AttributeError, MemoryError) as error:  # fmt: skip
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({first_line(error)})") from None
+    return data.reshape(-1, 3, 32, 32), list(labels)
+
+
 def load_cifar10(data_dir: Path | None, train: bool) -> Dataset:
     """CIFAR-10 from the python batches (``cifar-10-batches-py``, or a folder containing it)."""
     directory = Path(data_dir) if data_dir else default_cache_dir() / "cifar10"
@@ -159,13 +202,9 @@ def load_cifar10(data_dir: Path | None, train: bool) -> Dataset:
         )
     images, labels = [], []
     for name in names:
-        try:
-            with open(directory / name, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch[b"labels"])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as error:
-            raise DataError(f"{directory / name} is not a CIFAR-10 python batch ({first_line(error)})") from None
+        data, batch_labels = read_cifar_batch(directory / name)
+        images.append(data)
+        labels.extend(batch_labels)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     return Dataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), classes)
 

@@ -7,8 +7,9 @@ every command then read it with ``--dataset prepared --data-dir DIR``: start-up 
 maps the files, so it does not grow with N, and the processes of a node share the page cache instead
 of each holding the split.
 
-The store is written in ``DIR.partial/`` and renamed to ``DIR`` when complete (manifest last), so an
-interrupted ``prepare`` leaves nothing that looks like a store; running it again starts over.
+The store is written in a new hidden folder beside ``DIR`` (``.DIR.partial-XXXXXXXX``, created exclusively)
+and renamed to ``DIR`` when complete (manifest last), so an interrupted ``prepare`` leaves nothing that looks
+like a store; running it again starts over in a new folder. Only that folder is ever removed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import atomic_write, disk_full
+from ..files import atomic_write, current_umask, disk_full
 from .dataset import DataError, Dataset
 from .image_files import first_image_size, folder_listing, read_image
 from .sources import CELEBA_ATTRIBUTES_FILE, SOURCES, celeba_split, load_source
@@ -191,9 +193,10 @@ def prepare_store(
         raise DataError(f"{out} already holds a prepared store: choose another --out, or delete it first")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} exists and is not a prepared store: choose another --out")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier attempt: start over
-    partial.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A new folder of glowtorch's own (mkdtemp: a random name, created exclusively); only it is ever removed.
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    os.chmod(partial, 0o777 & ~current_umask())  # the mode of the user's other new folders, not mkdtemp's 0700
     splits: dict = {}
     pool = _pool(workers or os.cpu_count() or 1) if decoded else None
     try:
@@ -203,6 +206,9 @@ def prepare_store(
         shutil.rmtree(partial, ignore_errors=True)
         if disk_full(error, partial.parent):
             raise OSError(errno.ENOSPC, f"cannot write the store {out}: the disk is full") from None
+        raise
+    except BaseException:  # bad data, Ctrl-C: the same
+        shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         if pool is not None:
@@ -220,7 +226,7 @@ def prepare_store(
     text = json.dumps(manifest, indent=2) + "\n"
     try:
         atomic_write(partial / MANIFEST, lambda p: Path(p).write_text(text))
-    except OSError:
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if out.exists():

@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass, field
 
 from ..memory import MEMORY_MODES
-from ..model import ComputeConfig, dataclass_from_dict
+from ..model import ComputeConfig
 from ..precision import PRECISION_CHOICES
+from ..validation import dataclass_from_dict
 
 __all__ = ["PACE_MIN_WARMUP", "TrainConfig", "steps_or_auto"]
 

@@ -24,6 +24,7 @@ from ..context import condition_kind
 from ..data import Dataset, step_generator
 from ..distributed import Distributed
 from ..evaluate import evaluate_bits_per_dim
+from ..files import first_line
 from ..latent import temperature_grid
 from ..model import Glow, GlowConfig
 from ..precision import PrecisionChoice, check_precision, resolve_precision
@@ -151,23 +152,34 @@ class Trainer:
         }
 
     def restore(self, state: dict) -> None:
-        if GlowConfig.from_dict(state["model_config"]) != self.model_config:
+        """Loads a training state (as ``Trainer.state`` wrote it) into this trainer; a state whose parts do not
+        fit this run's model and optimizer is a ``CheckpointError`` in one line."""
+        try:
+            same = GlowConfig.from_dict(state["model_config"]) == self.model_config
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"the newest checkpoint of {self.run_dir.path} is damaged ({error})") from None
+        if not same:
             raise CheckpointError(
                 f"the run in {self.run_dir.path} was trained with another model config; resume it with the same "
                 "preset and flags"
             )
-        self.model.load_state_dict(state["model"])
-        if self.ema is not self.model:
-            self.ema.load_state_dict(state["ema"])
-        # The saved groups carry the kernel their run chose; this run's choice (as constructed) holds.
-        kernel = {k: v for k, v in self.optimizer.param_groups[0].items() if k in ("fused", "foreach")}
-        groups = [{**group, **kernel} for group in state["optimizer"]["param_groups"]]
-        self.optimizer.load_state_dict({**state["optimizer"], "param_groups": groups})
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not self.model:
+                self.ema.load_state_dict(state["ema"])
+            # The saved groups carry the kernel their run chose; this run's choice (as constructed) holds.
+            kernel = {k: v for k, v in self.optimizer.param_groups[0].items() if k in ("fused", "foreach")}
+            groups = [{**group, **kernel} for group in state["optimizer"]["param_groups"]]
+            self.optimizer.load_state_dict({**state["optimizer"], "param_groups": groups})
+            set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError, SyntaxError) as error:
+            raise CheckpointError(
+                f"the newest checkpoint of {self.run_dir.path} does not fit this run ({first_line(error)[:200]})"
+            ) from None
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.rollbacks, self.lr_scale = state.get("rollbacks", 0), state.get("lr_scale", 1.0)
         self.elapsed_before = state["elapsed"]
         self.running_bpd = state.get("running_bpd")
-        set_rng_state(state["rng"])
 
     def elapsed(self) -> float:
         """Training time in seconds, over every resumed part of the run."""
@@ -217,9 +229,11 @@ class Trainer:
         and writes ``train_config.json``; a resumed one restores its newest checkpoint. Returns the metrics
         line of the step resumed from, if any."""
         self.started_at = time.monotonic()
-        state = self.run_dir.open(resume)
+        state = self.run_dir.open(resume, warn=self.log)
         self.set_precision(state.get("precision") if state else None)
         if state is None:
+            if resume:  # a run stopped before its first checkpoint starts again: its lines go
+                self.run_dir.keep_metrics_until(-1)
             self.initialize()
             self.run_dir.write_config(self.config, self.precision.record())
             return {}

@@ -23,13 +23,14 @@ from torch import Tensor
 from ..checkpoint import (
     checkpoint_paths,
     checkpoint_step,
+    holds_run,
     load_training_state,
     require_new_run,
     save_model,
     save_training_state,
 )
 from ..distributed import Distributed
-from ..files import append_line, atomic_write, first_line
+from ..files import append_line, atomic_write, first_line, remove_stale_temps
 from ..images import save_grid
 from ..model import Glow
 from ..plots import plot_metrics, read_metrics
@@ -55,9 +56,11 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / METRICS_FILE
 
-    def open(self, resume: bool) -> dict | None:
+    def open(self, resume: bool, warn=None) -> dict | None:
         """Makes the folder ready: a new run refuses a folder that holds one, and temporaries of a save that
-        was killed are removed. Returns the newest training state when resuming (None for a new run).
+        was killed are removed. Returns the newest training state when resuming (None for a new run, and for
+        a run stopped before its first checkpoint, which starts again; ``warn`` is told so, and of damaged
+        checkpoints skipped).
         Every process checks before any writes (the first file is written after initialization's
         all-reduce, which every process must have reached)."""
         if not resume:
@@ -65,13 +68,17 @@ class RunDir:
         if self.dist.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             for folder in (self.path, *(self.path / name for name in FOLDERS)):
-                for stale in folder.glob(".*.tmp*"):  # a save interrupted by SIGKILL, in any folder training writes
-                    stale.unlink(missing_ok=True)
+                if folder.is_dir():  # a save interrupted by SIGKILL leaves glowtorch's own temporaries
+                    remove_stale_temps(folder)
         if not resume:
+            return None
+        if not checkpoint_paths(self.path) and holds_run(self.path) and not (self.path / "model").exists():
+            if warn is not None:
+                warn(f"{self.path} holds no checkpoint yet (the run stopped before its first): starting it again")
             return None
         if (self.path / CONFIG_FILE).is_file():
             self.options, self.resolved = self.read_config()
-        return load_training_state(self.path)
+        return load_training_state(self.path, warn=warn)
 
     # ----------------------------------------------------------------- train_config.json
     def write_config(self, options: TrainConfig, resolved: dict) -> None:
@@ -123,7 +130,7 @@ class RunDir:
         except OSError as error:
             saved = checkpoint_paths(self.path)
             where = (f"--resume continues from step {checkpoint_step(saved[-1])}" if saved
-                     else f"no checkpoint yet: delete {self.path} and train again")  # fmt: skip
+                     else "no checkpoint yet: --resume starts the run again")  # fmt: skip
             raise OSError(f"{first_line(error)}; nothing written before was lost: {where}") from None
 
     def has_checkpoint(self) -> bool:
