@@ -6,6 +6,7 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass
 
@@ -67,11 +68,15 @@ def init_distributed(device: str = "cpu", timeout_s: float | None = None) -> Dis
     A collective that waits longer than ``timeout_s`` (default ``$GLOWTORCH_DIST_TIMEOUT`` or 300 s),
     for example because another rank died, raises instead of hanging forever.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = environment_int("WORLD_SIZE", 1, minimum=1)
     if world_size <= 1:
         return Distributed(device=device)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        raise ValueError("WORLD_SIZE is set but RANK is not: start multi-process training with torchrun")
+    rank = environment_int("RANK", 0, minimum=0)
+    local_rank = environment_int("LOCAL_RANK", 0, minimum=0)
+    if rank >= world_size:
+        raise ValueError(f"RANK={rank} is not below WORLD_SIZE={world_size}: start the job with torchrun")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but no GPU is available; use --device cpu")
@@ -79,10 +84,38 @@ def init_distributed(device: str = "cpu", timeout_s: float | None = None) -> Dis
         device, backend = f"cuda:{local_rank}", "nccl"
     else:
         backend = "gloo"
-    seconds = timeout_s or float(os.environ.get("GLOWTORCH_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    seconds = timeout_s or environment_seconds("GLOWTORCH_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def environment_int(name: str, default: int, minimum: int) -> int:
+    """The integer environment variable ``name`` (``default`` when unset); ``ValueError`` naming it otherwise."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"the environment variable {name}={text[:40]!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"the environment variable {name}={value} must be at least {minimum}")
+    return value
+
+
+def environment_seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds from the environment variable ``name`` (at most 30 days)."""
+    text = os.environ.get(name)
+    if text is None:
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 30 * 86400:
+        raise ValueError(f"the environment variable {name}={text[:40]!r} must be seconds between 0 and 2592000")
+    return value
 
 
 # What gloo and NCCL put in the RuntimeError of a collective whose peer died or whose network failed.

@@ -1,4 +1,5 @@
-"""The ``glowtorch`` command: parses arguments and calls the library. Errors are one line and exit 1.
+"""The ``glowtorch`` command: parses arguments and calls the library. Errors are one line and exit 1;
+an unexpected exception (a bug) is one line too, marked internal, exit 70 (``GLOWTORCH_DEBUG=1`` re-raises it).
 
 Each command's flags sit beside the code that runs it, in the module of its theme; ``COMMANDS`` registers
 them in the order ``glowtorch --help`` lists them. The model and training flags of ``glowtorch train`` are
@@ -19,7 +20,7 @@ from ..model import NotInitializedError
 from . import converting, datasets, evaluation, latent_space, models, training
 from .common import Parser, Shared, UsageError, add_config_flags, field_docs
 
-__all__ = ["COMMANDS", "UsageError", "add_config_flags", "build_parser", "field_docs", "main"]
+__all__ = ["COMMANDS", "INTERNAL_ERROR", "UsageError", "add_config_flags", "build_parser", "field_docs", "main"]
 
 COMMANDS = (
     training.add_train,
@@ -53,6 +54,8 @@ def build_parser() -> Parser:
         add(sub, shared)
     return parser
 
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: what reached the last-resort handler in main
 
 NUMBER_LIST = re.compile(r"^-?[\d.]+(e-?\d+)?(,\s*-?[\d.]+(e-?\d+)?)*$")
 
@@ -106,6 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glowtorch: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("glowtorch: error: out of memory: ask for fewer or smaller images, or a smaller model", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - the last resort: a bug of glowtorch's, said in one line
+        if os.environ.get("GLOWTORCH_DEBUG"):
+            raise
+        print(
+            f"glowtorch: internal error: {type(error).__name__}: {first_line(error)[:300]} (a bug in glowtorch; "
+            "GLOWTORCH_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

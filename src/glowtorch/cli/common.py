@@ -10,6 +10,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..precision import PRECISION_CHOICES
 
 __all__ = [
     "MODEL_FLAGS",
+    "SEED",
     "Parser",
     "Shared",
     "UsageError",
@@ -29,6 +31,8 @@ __all__ = [
     "device_name",
     "field_docs",
     "float_list",
+    "int_up_to",
+    "image_outputs",
     "output_path",
     "positive_int",
     "read_contexts",
@@ -58,9 +62,15 @@ def signed_float_list(text: str, minimum: float = -math.inf) -> list[float]:
     return values
 
 
+MAX_TEMPERATURE = 10.0  # beyond it samples are noise, and far beyond (1e308) not even finite numbers
+
+
 def float_list(text: str) -> list[float]:
-    """Comma-separated numbers >= 0 (temperatures)."""
-    return signed_float_list(text, minimum=0.0)
+    """Comma-separated temperatures from 0 to ``MAX_TEMPERATURE``."""
+    values = signed_float_list(text, minimum=0.0)
+    if max(values) > MAX_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"temperatures run from 0 to {MAX_TEMPERATURE:g}, got {text[:40]!r}")
+    return values
 
 
 def positive_int(text: str) -> int:
@@ -73,6 +83,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_up_to(maximum: int, minimum: int = 1):
+    """An argparse type: an integer from ``minimum`` to ``maximum`` (sizes that would otherwise ask for more
+    memory than any machine has, or ports)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer from {minimum} to {maximum:,}, got {text[:40]}")
+        return value
+
+    convert.__name__ = f"integer up to {maximum}"
+    return convert
+
+
 def device_name(text: str) -> str:
     """A device this machine has (``--device``): cpu, cuda, cuda:N or mps."""
     from ..validation import check_device
@@ -82,6 +109,9 @@ def device_name(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+SEED = int_up_to(2**63 - 1, minimum=0)  # what torch.Generator.manual_seed takes
 
 
 # --------------------------------------------------------------------------- flags from dataclasses
@@ -152,11 +182,37 @@ MODEL_FLAGS = ("image_shape", "num_classes")  # GlowConfig fields that come from
 
 
 # --------------------------------------------------------------------------- helpers
-def output_path(path: str | Path) -> Path:
-    """``path`` as an output file, its folder created and checked writable."""
+def output_path(path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """``path`` as an output file, its folder created and checked writable; ``UsageError`` when it is one of
+    the command's ``inputs`` (an input is never overwritten)."""
     output = Path(path)
+    _refuse_inputs([output], inputs)
     ensure_writable_dir(output.parent)
     return output
+
+
+def image_outputs(folder: str | Path, names: Sequence[str], inputs: Sequence[str | Path] = ()) -> list[Path]:
+    """``folder/NAME.png`` for each image's name, the folder created and checked writable. ``UsageError`` when
+    two images share a name (one output would replace the other) or an output is one of ``inputs``."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise UsageError(
+                f"two images are named {name!r} (numbers {seen[name] + 1} and {index + 1}): their outputs "
+                f"{name}.png would replace each other; rename one"
+            )
+        seen[name] = index
+    paths = [Path(folder) / f"{name}.png" for name in names]
+    _refuse_inputs(paths, inputs)
+    ensure_writable_dir(folder)
+    return paths
+
+
+def _refuse_inputs(outputs: Sequence[Path], inputs: Sequence[str | Path]) -> None:
+    given = {Path(p).resolve() for p in inputs}
+    for output in outputs:
+        if output.resolve() in given:
+            raise UsageError(f"the output {output} is one of the inputs: choose another --output")
 
 
 def class_labels(model, label: int | None, n: int) -> torch.Tensor | None:
@@ -229,7 +285,7 @@ class Shared:
             label=_parent(
                 (("--label",), dict(type=int, help="class of the images or samples (class-conditional models)"))
             ),
-            scale=_parent((("--scale",), dict(type=positive_int, default=1, help="pixel size in the PNG"))),
+            scale=_parent((("--scale",), dict(type=int_up_to(64), default=1, help="pixel size in the PNG (1 to 64)"))),
             progress=_parent((("--no-progress",), dict(action="store_true", help="no progress bar"))),
             precision=_parent(
                 (

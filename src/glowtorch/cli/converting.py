@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import Shared, UsageError, positive_int
+from .common import Shared, UsageError, int_up_to
 
 __all__ = ["add_convert"]
 
@@ -19,7 +19,7 @@ def add_convert(sub: argparse._SubParsersAction, shared: Shared) -> None:
     c.add_argument("checkpoint", help="the port's checkpoint file (a state_dict saved with torch.save)")
     c.add_argument("--out", "-o", required=True, help="folder for the model (config.json + model.safetensors)")
     c.add_argument("--hparams", help="y0ast: the run's hparams.json (needed for models without 1x1 convolutions)")
-    c.add_argument("--image-size", type=positive_int,
+    c.add_argument("--image-size", type=int_up_to(4096),
                    help="rosinality: the images' height and width (its checkpoint does not say)")  # fmt: skip
     c.add_argument("--n-bits", type=int, choices=range(1, 9), metavar="1..8",
                    help="bits per pixel the model was trained on (rosinality's train.py: --n_bits, default 5; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import DATASETS
-from .common import Shared, positive_int
+from .common import Shared, int_up_to
 
 __all__ = ["add_prepare"]
 
@@ -14,10 +14,10 @@ def add_prepare(sub: argparse._SubParsersAction, shared: Shared) -> None:
     pr = sub.add_parser("prepare", help="decode a dataset once into a memory-mapped store (--dataset prepared)")
     pr.add_argument("--dataset", required=True, choices=[c for c in sorted(DATASETS) if c != "prepared"])
     pr.add_argument("--data-dir", help="folder holding the dataset's files")
-    pr.add_argument("--image-size", type=positive_int, help="center-crop and resize to this square size")
+    pr.add_argument("--image-size", type=int_up_to(4096), help="center-crop and resize to this square size")
     pr.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels for image folders")
     pr.add_argument("--out", "-o", required=True, help="the store's folder")
-    pr.add_argument("--workers", type=positive_int, help="decoding processes (default: all cores)")
+    pr.add_argument("--workers", type=int_up_to(1024), help="decoding processes (default: all cores)")
     pr.set_defaults(func=cmd_prepare)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..checkpoint import load_baseline, load_model
 from ..data import DATASETS, load_dataset_for
-from .common import Shared, UsageError, float_list, output_path, positive_int
+from .common import SEED, Shared, UsageError, float_list, int_up_to, output_path, positive_int
 
 __all__ = ["add_evaluate", "add_ood", "add_score", "add_superres"]
 
@@ -16,9 +16,9 @@ def add_evaluate(sub: argparse._SubParsersAction, shared: Shared) -> None:
     e = sub.add_parser("evaluate", help="test bits/dim of a checkpoint",
                        parents=[shared.model, shared.dataset, shared.device, shared.progress])  # fmt: skip
     e.add_argument("--split", choices=["test", "train"], default="test")
-    e.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
-    e.add_argument("--batch-size", type=positive_int, default=500)
-    e.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
+    e.add_argument("--draws", type=int_up_to(1000), default=1, help="dequantization draws to average")
+    e.add_argument("--batch-size", type=int_up_to(100_000), default=500)
+    e.add_argument("--seed", type=SEED, default=1234, help="seed of the dequantization noise")
     e.add_argument("--round-trip", action="store_true",
                    help="also report how exactly the model inverts these images (encode, then decode)")  # fmt: skip
     e.add_argument(
@@ -80,9 +80,9 @@ def add_score(sub: argparse._SubParsersAction, shared: Shared) -> None:
     sc.add_argument("--dataset", action="append", required=True, metavar="NAME[=DIR]",
                     help="a dataset's test split, optionally with its folder; repeat to compare")  # fmt: skip
     sc.add_argument("--limit", type=positive_int, help="score only the first N images of each")
-    sc.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
-    sc.add_argument("--batch-size", type=positive_int, default=500)
-    sc.add_argument("--seed", type=int, default=1234, help="seed of the dequantization noise")
+    sc.add_argument("--draws", type=int_up_to(1000), default=1, help="dequantization draws to average")
+    sc.add_argument("--batch-size", type=int_up_to(100_000), default=500)
+    sc.add_argument("--seed", type=SEED, default=1234, help="seed of the dequantization noise")
     sc.add_argument("--output", "-o", default="scores.csv")
     sc.add_argument("--histogram", help="default: the CSV path with .png")
     sc.set_defaults(func=cmd_score)
@@ -133,8 +133,10 @@ def add_ood(sub: argparse._SubParsersAction, shared: Shared) -> None:
     o.add_argument("--limit", type=positive_int, default=10000, help="images per set (default 10000)")
     o.add_argument("--train-images", type=positive_int, default=2000,
                    help="training images that estimate the typical bits/dim")  # fmt: skip
-    o.add_argument("--batch-size", type=positive_int, default=8, help="images per batch of the batch typicality test")
-    o.add_argument("--draws", type=positive_int, default=1, help="dequantization draws to average")
+    o.add_argument(
+        "--batch-size", type=int_up_to(100_000), default=8, help="images per batch of the batch typicality test"
+    )
+    o.add_argument("--draws", type=int_up_to(1000), default=1, help="dequantization draws to average")
     o.set_defaults(func=cmd_ood)
 
 
@@ -171,12 +173,12 @@ def add_superres(sub: argparse._SubParsersAction, shared: Shared) -> None:
                         parents=[shared.model, shared.dataset, shared.device, shared.progress])  # fmt: skip
     sr.add_argument("--baseline", metavar="MODEL", help="an unconditional model of the same images, scored beside")
     sr.add_argument("--limit", type=positive_int, help="measure only the first N test images")
-    sr.add_argument("--draws", type=positive_int, default=1, help="dequantization draws for bits/dim")
+    sr.add_argument("--draws", type=int_up_to(1000), default=1, help="dequantization draws for bits/dim")
     sr.add_argument("--temperatures", type=float_list, default=[0.0, 0.6, 1.0], help="fidelity's temperatures")
-    sr.add_argument("--samples", type=positive_int, default=8, help="samples per context for the diversity")
-    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--samples", type=int_up_to(1024), default=8, help="samples per context for the diversity")
+    sr.add_argument("--seed", type=SEED, default=0)
     sr.add_argument("--figure", help="also write a PNG: per image its context, bicubic, samples at 0.6 and 1.0, truth")
-    sr.add_argument("--rows", type=positive_int, default=8, help="images in the figure")
+    sr.add_argument("--rows", type=int_up_to(1024), default=8, help="images in the figure")
     sr.add_argument("--json", help="also write the figures to this JSON file")
     sr.set_defaults(func=cmd_superres)
 

@@ -10,13 +10,15 @@ import torch
 
 from ..checkpoint import load_model
 from ..data import load_dataset_for
-from ..files import ensure_writable_dir
 from ..pretrained import is_pretrained
 from .common import (
+    SEED,
     Shared,
     UsageError,
     class_labels,
     float_list,
+    image_outputs,
+    int_up_to,
     output_path,
     positive_int,
     read_contexts,
@@ -38,13 +40,13 @@ __all__ = [
 def add_sample(sub: argparse._SubParsersAction, shared: Shared) -> None:
     s = sub.add_parser("sample", help="a PNG grid of samples",
                        parents=[shared.model, shared.label, shared.scale, shared.device, shared.precision])  # fmt: skip
-    s.add_argument("--n", type=positive_int, default=64, help="samples (per --context image)")
+    s.add_argument("--n", type=int_up_to(100_000), default=64, help="samples (per --context image)")
     s.add_argument("--temperature", type=float_list, default=[0.7], help="one value, or one per level (finest first)")
     s.add_argument("--context", nargs="+", metavar="LOWRES.png",
                    help="conditional models (--condition lowres:F): low-resolution images; each gives a row: the "
                    "image enlarged, then --n samples of it")  # fmt: skip
-    s.add_argument("--columns", type=positive_int)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--columns", type=int_up_to(1024))
+    s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--output", "-o", default="samples.png")
     s.add_argument("--compile", action="store_true", help="torch.compile the decoder (pays off for large --n)")
     s.set_defaults(func=cmd_sample)
@@ -97,11 +99,11 @@ def cmd_lowres(args) -> int:
     factor = lowres_factor(config.condition, "lowres")
     images = read_image_files(args.images, config.image_shape)
     small = lowres_images(images, factor, config.n_bits)
-    out = ensure_writable_dir(Path(args.output))
-    for path, image in zip(args.images, small, strict=True):
-        save_grid(image.unsqueeze(0), out / f"{Path(path).stem}.png", columns=1, padding=0)
+    outputs = image_outputs(args.output, [Path(p).stem for p in args.images], inputs=args.images)
+    for output, image in zip(outputs, small, strict=True):
+        save_grid(image.unsqueeze(0), output, columns=1, padding=0)
     h, w = small.shape[2:]
-    print(f"wrote {len(small)} image(s) of {w}x{h} pixels to {out}")
+    print(f"wrote {len(small)} image(s) of {w}x{h} pixels to {args.output}")
     return 0
 
 
@@ -110,6 +112,7 @@ def _sampling_model(args, batch: int):
     from ..precision import resolve_precision
 
     model = load_model(args.checkpoint, device=args.device)
+    model.config.check_size(batch, f"sampling {batch:,} images")
     choice = resolve_precision(args.precision, model.config, args.device, batch)
     print(choice.summary())
     return model.set_compute(precision=choice.precision)
@@ -119,9 +122,9 @@ def add_temperatures(sub: argparse._SubParsersAction, shared: Shared) -> None:
     parents = [shared.model, shared.label, shared.scale, shared.device, shared.precision]
     te = sub.add_parser("temperatures", help="a grid of samples, one row per temperature", parents=parents)
     te.add_argument("--temperatures", type=float_list, default=[0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0])
-    te.add_argument("--n", type=positive_int, default=8, help="samples per row")
+    te.add_argument("--n", type=int_up_to(1024), default=8, help="samples per row")
     te.add_argument("--context", metavar="LOWRES.png", help="conditional models: the low-resolution image")
-    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--seed", type=SEED, default=0)
     te.add_argument("--output", "-o", default="temperatures.png")
     te.set_defaults(func=cmd_temperatures)
 
@@ -164,7 +167,7 @@ def cmd_encode(args) -> int:
     context = image_contexts(model, images, _contexts_for(model, args.context, len(images)))  # stored beside zs
     zs = encode_images(model, images, y, context=context)
     names = [Path(p).stem for p in args.images]
-    write_latents(output_path(args.output), model, zs, y, names, checkpoint, context)
+    write_latents(output_path(args.output, inputs=args.images), model, zs, y, names, checkpoint, context)
     print(f"wrote latents of {len(images)} image(s), {len(zs)} levels, to {args.output}")
     return 0
 
@@ -205,10 +208,10 @@ def cmd_decode(args) -> int:
         raise UsageError(f"{args.latents} holds no classes: --label needs latents of a class-conditional model")
     else:  # the same handwriting under another class
         images = relabel_images(model, latents.zs, latents.y, args.label, context=context)
-    out = ensure_writable_dir(Path(args.output))
-    for name, image in zip(latents.names, images, strict=True):
-        save_grid(image.unsqueeze(0), out / f"{name}.png", columns=1, padding=0)
-    print(f"wrote {len(images)} image(s) to {out}")
+    outputs = image_outputs(args.output, latents.names, inputs=[args.latents])
+    for output, image in zip(outputs, images, strict=True):
+        save_grid(image.unsqueeze(0), output, columns=1, padding=0)
+    print(f"wrote {len(images)} image(s) to {args.output}")
     return 0
 
 
@@ -217,7 +220,7 @@ def add_interpolate(sub: argparse._SubParsersAction, shared: Shared) -> None:
                         parents=[shared.model, shared.label, shared.scale, shared.device])  # fmt: skip
     ip.add_argument("image_a")
     ip.add_argument("image_b")
-    ip.add_argument("--steps", type=positive_int, default=8)
+    ip.add_argument("--steps", type=int_up_to(1024), default=8)
     ip.add_argument("--method", choices=["linear", "slerp"], default="linear")
     ip.add_argument("--output", "-o", default="interpolation.png")
     ip.add_argument("--gif", help="also write an animated GIF here")

@@ -6,7 +6,7 @@ import argparse
 
 from ..data import DATASETS
 from ..pretrained import pretrained_card, pretrained_names
-from .common import Shared, UsageError, positive_int
+from .common import Shared, UsageError, int_up_to
 
 __all__ = ["add_demo", "add_pretrained"]
 
@@ -17,7 +17,7 @@ def add_demo(sub: argparse._SubParsersAction, shared: Shared) -> None:
     dm.add_argument("checkpoint", nargs="?", help="model directory, run directory or pretrained:NAME "
                     "(default: pretrained:mnist)")  # fmt: skip
     dm.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    dm.add_argument("--port", type=positive_int, default=7860)
+    dm.add_argument("--port", type=int_up_to(65535), default=7860)
     dm.add_argument("--dataset", choices=sorted(DATASETS), help="score its test split and compute directions "
                     "from its training split once (cached in the model folder's demo/), for models that lack "
                     "them")  # fmt: skip

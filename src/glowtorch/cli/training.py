@@ -12,7 +12,7 @@ from ..files import ensure_writable_dir, first_line
 from ..model import GlowConfig
 from ..presets import load_preset, preset_names, preset_settings
 from ..train import TrainConfig
-from .common import MODEL_FLAGS, Shared, UsageError, add_config_flags, output_path, positive_int
+from .common import MODEL_FLAGS, Shared, UsageError, add_config_flags, int_up_to, output_path
 
 __all__ = ["add_fit_class_prior", "add_plot", "add_presets", "add_train"]
 
@@ -23,7 +23,7 @@ def add_train(sub: argparse._SubParsersAction, shared: Shared) -> None:
     t.add_argument("--preset", help=f"one of: {', '.join(preset_names())}")
     t.add_argument("--dataset", choices=sorted(DATASETS), help="default: the preset's, else digits")
     t.add_argument("--data-dir", help="folder holding the dataset's files")
-    t.add_argument("--image-size", type=positive_int, help="center-crop and resize to this square size")
+    t.add_argument("--image-size", type=int_up_to(4096), help="center-crop and resize to this square size")
     t.add_argument("--channels", type=int, choices=[1, 3], help="channels for image folders (default 3)")
     t.add_argument("--out", "-o", help="run directory (default runs/PRESET)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")

@@ -5,7 +5,7 @@ and resizing), ``augment`` (the per-step randomness), ``image_files`` (decoding 
 
 from .augment import epoch_order, random_flip, random_shift, step_generator
 from .dataset import DataError, Dataset, resize_images
-from .image_files import folder_listing, opened_image, read_image, read_image_files
+from .image_files import folder_listing, image_array, opened_image, read_image, read_image_files
 from .load import DATASETS, load_dataset, load_dataset_for
 from .sources import SOURCES, read_celeba_attributes
 from .store import open_store, prepare_store
@@ -20,6 +20,7 @@ __all__ = [
     "load_dataset",
     "load_dataset_for",
     "open_store",
+    "image_array",
     "opened_image",
     "prepare_store",
     "random_flip",

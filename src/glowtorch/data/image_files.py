@@ -14,13 +14,59 @@ from torch import Tensor
 from ..files import first_line
 from .dataset import DataError, resize_images
 
-__all__ = ["first_image_size", "folder_listing", "opened_image", "read_image", "read_image_files", "read_images"]
+__all__ = [
+    "first_image_size",
+    "folder_listing",
+    "image_array",
+    "opened_image",
+    "read_image",
+    "read_image_files",
+    "read_images",
+]
 
 
 def _chw(array: np.ndarray) -> Tensor:
     """A decoded ``(H, W)`` or ``(H, W, C)`` uint8 image as a ``(C, H, W)`` tensor."""
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+GRAY_MODES = ("1", "L", "LA", "I", "F", *SIXTEEN_BIT_MODES)
+
+
+def image_array(image, channels: int | None = None, keep_alpha: bool = False) -> np.ndarray:
+    """A PIL image's pixels as uint8 ``(H, W)`` (``channels`` 1), ``(H, W, 3)`` (3) or as decoded (None: 2-d for
+    grayscale, 3-d for colour; RGBA/LA kept as ``(H, W, 4)`` with ``keep_alpha``), every mode scaled to 0..255:
+    16-bit images (``I;16``; ``I`` with values in 0..65535) by 255/65535, floating-point images (``F``) with
+    values in 0..1 by 255. Anything else (a float image of other values, negative integers) is refused by
+    name with ``DataError``, never clipped into a wrong picture."""
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if mode == "F":
+            if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+                raise DataError(
+                    f"a floating-point ({mode}) image with values outside 0..1 has no defined brightness: "
+                    "save it as an 8- or 16-bit image"
+                )
+            scaled = values * 255.0
+        else:
+            if values.min() < 0 or values.max() > 65535:
+                raise DataError(
+                    f"a 32-bit integer ({mode}) image with values outside 0..65535: save it as 8 or 16 bits"
+                )
+            scaled = values * (255.0 / 65535.0)
+        gray = np.floor(scaled + 0.5).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2) if channels == 3 else gray
+    if channels == 1:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if channels == 3:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if keep_alpha and ("A" in mode or mode == "P"):
+        return np.asarray(image.convert("RGBA"), dtype=np.uint8)
+    target = "L" if mode in GRAY_MODES else "RGB"
+    return np.asarray(image if mode == target else image.convert(target), dtype=np.uint8)
 
 
 @contextlib.contextmanager
@@ -32,6 +78,8 @@ def opened_image(path: str | Path):
 
     failures = (UnidentifiedImageError, OSError, ValueError, SyntaxError, zlib.error,
                 Image.DecompressionBombError, Image.DecompressionBombWarning)  # fmt: skip
+    if not Path(path).is_file():  # a folder, a FIFO (which would block), a device: never opened
+        raise DataError(f"{path} is not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -39,6 +87,8 @@ def opened_image(path: str | Path):
                 yield image
     except DataError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path} declares more pixels than glowtorch decodes ({Image.MAX_IMAGE_PIXELS:,})") from None
     except failures as error:
         raise DataError(f"{path} is not a readable image ({first_line(error)})") from None
 
@@ -48,7 +98,7 @@ def read_image(path: Path, channels: int, size: int | None) -> Tensor | None:
     when the file is not a readable image."""
     try:
         with opened_image(path) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+            array = image_array(image, channels)
     except DataError:
         return None
     tensor = _chw(array)
@@ -77,13 +127,13 @@ def read_image_files(paths: list[str | Path], image_shape: tuple[int, int, int])
     images = []
     for path in paths:
         with opened_image(path) as image:
-            is_gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            is_gray = image.mode in GRAY_MODES
             if is_gray != (channels == 1):
                 kind = "grayscale" if is_gray else "colour"
                 raise DataError(f"{path} is a {kind} image but the model expects {channels} channel(s)")
             if image.size != (width, height):
                 raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but the model expects {width}x{height}")
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+            array = image_array(image, channels)
         images.append(_chw(array))
     if not images:
         raise DataError("no images given")

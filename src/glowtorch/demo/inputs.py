@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import DataError, opened_image
+from ..data import DataError, image_array, opened_image
 from ..images import make_grid
 
 __all__ = ["DISPLAY", "MAX_UPLOAD_PIXELS", "DemoError", "finite_number", "prepare_image", "show", "unit_number"]
@@ -83,15 +83,15 @@ def prepare_image(value: Any, image_shape: tuple[int, int, int]) -> tuple[Tensor
                     raise DemoError(f"the image is {image.width}x{image.height}: upload one under 4096x4096 pixels")
                 image.load()
                 value = image.copy()
-        except DataError:
+        except DataError as error:
+            if "pixels" in str(error):
+                raise DemoError("the image is too large: upload one under 4096x4096 pixels") from None
             raise DemoError("the upload is not a readable image: upload a PNG or JPEG") from None
     if isinstance(value, Image.Image):
-        mode = value.mode
-        value = np.asarray(
-            value.convert(
-                "RGBA" if "A" in mode or mode == "P" else ("L" if mode in ("1", "L", "I", "F", "I;16") else "RGB")
-            )
-        )
+        try:
+            value = image_array(value, keep_alpha=True)
+        except DataError as error:
+            raise DemoError(f"the upload cannot be used: {error}") from None
     array = np.asarray(value)
     if array.ndim not in (2, 3) or array.size == 0 or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise DemoError(f"expected an image, got an array of shape {array.shape}")
