@@ -235,6 +235,8 @@ def y0ast_config(state: dict[str, Tensor], hparams: dict | None = None) -> GlowC
     """The ``GlowConfig`` of a y0ast/Glow-PyTorch ``state_dict`` (and its ``hparams.json``, where given):
     levels, depth, width, image shape, coupling, permutation, learned top and classes from the tensors."""
     hparams = hparams or {}
+    if not isinstance(hparams, dict):
+        raise ConversionError(f"the hparams must be a JSON object, got a {type(hparams).__name__}")
     if "prior_h" not in state or not any(k.startswith("flow.layers.") for k in state):
         raise ConversionError("not a y0ast/Glow-PyTorch checkpoint: no prior_h and flow.layers.* keys")
     indices = sorted({i for k in state if (i := _layer_index(k)) is not None})
@@ -244,10 +246,10 @@ def y0ast_config(state: dict[str, Tensor], hparams: dict | None = None) -> GlowC
     if not steps or len(steps) % levels:
         raise ConversionError(f"{len(steps)} flow steps do not divide into {levels} levels: not a Glow")
     first = f"flow.layers.{steps[0]}."
-    squeezed = state[first + "actnorm.bias"].shape[1]
-    hidden = state[first + "block.0.conv.weight"].shape[0]
-    out = state[first + "block.4.conv.weight"].shape[0]
-    top_height, top_width = state["prior_h"].shape[2:]
+    squeezed = _sized(state, first + "actnorm.bias")[1]
+    hidden = _sized(state, first + "block.0.conv.weight")[0]
+    out = _sized(state, first + "block.4.conv.weight")[0]
+    top_height, top_width = _sized(state, "prior_h")[2:]
     if first + "invconv.lower" in state:
         permutation = "lu"
     elif first + "invconv.weight" in state:
@@ -271,10 +273,19 @@ def y0ast_config(state: dict[str, Tensor], hparams: dict | None = None) -> GlowC
             permutation=permutation,
             learn_top="learn_top_fn.conv.weight" in state,
             num_classes=classes,
-            n_bits=int(hparams.get("n_bits", 8)),
+            n_bits=hparams.get("n_bits", 8),
         )
     except ValueError as error:
         raise ConversionError(f"this checkpoint describes no Glow glowtorch can build: {error}") from None
+
+
+def _sized(state: dict[str, Tensor], key: str) -> torch.Size:
+    """The shape of the 4-d tensor ``state[key]``; ``ConversionError`` when it is missing or not 4-d."""
+    value = state.get(key)
+    if not isinstance(value, Tensor) or value.dim() != 4:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else "missing"
+        raise ConversionError(f"not a y0ast/Glow-PyTorch checkpoint: {key} is {shape}, not a 4-d tensor")
+    return value.shape
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .files import atomic_write
@@ -11,13 +12,17 @@ __all__ = ["plot_metrics", "plot_score_histogram", "read_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The JSON lines of ``metrics.jsonl`` (a torn last line, from a crash mid-write, is ignored)."""
+    """The JSON lines of ``metrics.jsonl`` (a torn last line, from a crash mid-write, and lines that are not
+    objects with an integer ``step`` are ignored)."""
     rows = []
     for line in Path(path).read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):  # a line glowtorch could have written
+            rows.append(row)
     return rows
 
 
@@ -25,8 +30,15 @@ def _value(row: dict, metric: str) -> float | None:
     """A metrics line's value; train bits/dim is the mean over the steps since the previous evaluation
     where the line has it (older runs recorded only a smoothed value)."""
     if metric == "train_bpd" and row.get("train_bpd_mean") is not None:
-        return row["train_bpd_mean"]
-    return row.get(metric)
+        return _number(row["train_bpd_mean"])
+    return _number(row.get(metric))
+
+
+def _number(value: object) -> float | None:
+    """A finite number of a metrics line, else None (a value of another type is not plotted)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
 
 
 def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
