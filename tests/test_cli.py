@@ -119,10 +119,25 @@ def test_resume_warns_when_new_options_raise_the_learning_rate(tmp_path, capsys)
     assert code == 0 and "warning" not in text  # the same schedule as the checkpoint's
 
 
-def test_decay_paced_to_the_time_budget_is_a_fixed_schedule(tmp_path, capsys) -> None:
+class TickingClock:
+    """A clock that moves ``tick`` seconds each time it is read: training's time budget then holds the same
+    number of steps on every machine, however fast or busy."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_decay_paced_to_the_time_budget_is_a_fixed_schedule(tmp_path, capsys, monkeypatch) -> None:
     """``--decay-steps auto`` fixes the step where the cosine ends at the end of warmup, from the measured
     speed and the time left; that number, given back as ``--decay-steps N`` with the steps the run made,
-    trains the same weights, and a resume keeps it."""
+    trains the same weights, and a resume keeps it. The clock is the test's own (machine speed plays no part)."""
+    import glowtorch.train.schedule
+
+    monkeypatch.setattr(glowtorch.train.schedule, "clock", TickingClock(0.05))
     paced, fixed = tmp_path / "paced", tmp_path / "fixed"
     common = ["--dataset", "digits", "--warmup-steps", "20", *TINY, "--eval-every", "50"]
 

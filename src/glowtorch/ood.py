@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,47 +69,48 @@ def _scores(values: Tensor) -> np.ndarray:
     return np.nan_to_num(np.asarray(values, dtype=np.float64), nan=big, posinf=big, neginf=-big)
 
 
-def auroc(inliers: Tensor, outliers: Tensor) -> float:
-    """Area under the ROC curve of the score separating ``outliers`` (positives) from ``inliers``: the
-    probability that a random outlier scores above a random inlier, ties counting one half."""
+def _labelled(inliers: Tensor, outliers: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, scores)`` for scikit-learn: outliers are the positives; scores as ``_scores`` makes them,
+    replaced by their dense ranks (the metrics depend only on the order and ties, and scikit-learn refuses
+    the largest float64 values that stand for infinities)."""
+    from scipy.stats import rankdata
+
     a, b = _scores(inliers), _scores(outliers)
     if not len(a) or not len(b):
-        raise ValueError("AUROC needs at least one inlier and one outlier score")
-    values = np.concatenate([a, b])
-    order = values.argsort(kind="mergesort")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    # average ranks of ties (1-based)
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
-    ends = np.r_[starts[1:], len(values)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
-    outlier_ranks = ranks[len(a) :].sum()
-    return float((outlier_ranks - len(b) * (len(b) + 1) / 2.0) / (len(a) * len(b)))
+        raise ValueError("the OOD metrics need at least one inlier and one outlier score")
+    labels = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    return labels, rankdata(np.concatenate([a, b]), method="dense").astype(np.float64)
+
+
+def auroc(inliers: Tensor, outliers: Tensor) -> float:
+    """Area under the ROC curve of the score separating ``outliers`` (positives) from ``inliers``: the
+    probability that a random outlier scores above a random inlier, ties counting one half
+    (``sklearn.metrics.roc_auc_score``)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = _labelled(inliers, outliers)
+    return float(roc_auc_score(labels, scores))
 
 
 def aupr(inliers: Tensor, outliers: Tensor) -> float:
     """Area under the precision-recall curve with the outliers as positives (average precision: the mean,
-    over the outliers, of the precision at the threshold of each one's score, ties counted together)."""
-    a, b = _scores(inliers), _scores(outliers)
-    scores = np.concatenate([a, b])
-    positive = np.r_[np.zeros(len(a)), np.ones(len(b))]
-    order = np.argsort(-scores, kind="mergesort")
-    scores, positive = scores[order], positive[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    true_positives = np.cumsum(positive)[last_of_tie]
-    flagged = last_of_tie + 1
-    new_positives = np.diff(np.r_[0.0, true_positives])
-    return float((new_positives * true_positives / flagged).sum() / len(b))
+    over the outliers, of the precision at the threshold of each one's score, ties counted together;
+    ``sklearn.metrics.average_precision_score``)."""
+    from sklearn.metrics import average_precision_score
+
+    labels, scores = _labelled(inliers, outliers)
+    return float(average_precision_score(labels, scores))
 
 
 def fpr_at_tpr(inliers: Tensor, outliers: Tensor, tpr: float = 0.95) -> float:
     """The share of inliers flagged at the highest threshold that flags at least ``tpr`` of the outliers
-    (flagged: score >= threshold). 0 is perfect; 1 means every inlier is flagged."""
-    a, b = _scores(inliers), _scores(outliers)
-    needed = math.ceil(tpr * len(b) - 1e-9)
-    threshold = np.sort(b)[::-1][max(needed, 1) - 1]
-    return float((a >= threshold).mean())
+    (flagged: score >= threshold; from ``sklearn.metrics.roc_curve``). 0 is perfect; 1 means every inlier
+    is flagged."""
+    from sklearn.metrics import roc_curve
+
+    labels, scores = _labelled(inliers, outliers)
+    false_rates, true_rates, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(false_rates[np.searchsorted(true_rates, tpr - 1e-9)])
 
 
 # --------------------------------------------------------------------------- sets

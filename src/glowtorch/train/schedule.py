@@ -49,6 +49,12 @@ def paced_decay_steps(
     return step + max(1, int(steps_per_s * seconds_left / (1.0 + eval_share)))
 
 
+def clock() -> float:
+    """Seconds on a monotonic clock: what a run's time budget and the paced decay are measured with (the one
+    place training reads the time, so a test can put a clock of its own here)."""
+    return time.monotonic()
+
+
 class DecayPacer:
     """Resolves ``decay_steps="auto"`` (see ``TrainConfig``): times the training steps from a fifth of warmup
     (past torch.compile's first step) or from a resume, and at the end of warmup gives the step at which
@@ -66,12 +72,12 @@ class DecayPacer:
         config = self.config
         if self.started is None:
             if step >= max(1, config.warmup_steps // 5):
-                self.started = (step, time.monotonic())
+                self.started = (step, clock())
             return None
         if step < config.warmup_steps:
             return None
         first_step, started = self.started
-        steps_per_s = (step - first_step) / max(time.monotonic() - started, 1e-9)
+        steps_per_s = (step - first_step) / max(clock() - started, 1e-9)
         seconds_left = max(0.0, config.max_minutes * 60 - elapsed_s)
         paced = paced_decay_steps(step, steps_per_s, seconds_left, eval_every, eval_images, config.batch_size)
         return paced, steps_per_s, seconds_left
