@@ -138,7 +138,8 @@ def test_resuming_a_finished_run_writes_no_second_line(finished_run, tmp_path, c
 
 def test_temporary_files_of_a_killed_save_are_cleaned_everywhere(finished_run, tmp_path, capsys) -> None:
     run_dir = copy_run(finished_run, tmp_path / "run")
-    stale = [run_dir / ".bpd.png.glowtorch-tmp-ab12cd_9", run_dir / "model" / ".model.safetensors.glowtorch-tmp-zzzzzzzz",
+    stale = [run_dir / ".bpd.png.glowtorch-tmp-ab12cd_9",
+             run_dir / "model" / ".model.safetensors.glowtorch-tmp-zzzzzzzz",
              run_dir / "samples" / ".step_00000009.png.glowtorch-tmp-0a1b2c3d",
              run_dir / "checkpoints" / ".step_00000009.pt.glowtorch-tmp-q_q_q_q_"]  # fmt: skip
     # The user's own hidden files, with names like temporaries of other programs: never touched.

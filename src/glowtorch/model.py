@@ -96,20 +96,16 @@ class GlowConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         _, height, width = self.image_shape
-        if self.levels >= min(height, width).bit_length():
+        factor = f"2**levels = {2**self.levels}" if self.levels <= 32 else f"2**{self.levels}"
+        if self.levels >= min(height, width).bit_length() or height % 2**self.levels or width % 2**self.levels:
             raise ValueError(
-                f"levels={self.levels} halves {height}x{width} images more often than they allow; use fewer levels"
+                f"image height and width must be divisible by {factor}, got {height}x{width}; "
+                "pad or resize the images, or use fewer levels"
             )
         if self.levels * self.depth > MAX_FLOW_STEPS:
             raise ValueError(
                 f"levels x depth = {self.levels * self.depth:,} steps of flow, more than glowtorch builds "
                 f"({MAX_FLOW_STEPS:,}); check levels and depth"
-            )
-        factor = 2**self.levels
-        if height % factor or width % factor:
-            raise ValueError(
-                f"image height and width must be divisible by 2**levels = {factor}, got {height}x{width}; "
-                "pad or resize the images, or use fewer levels"
             )
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")

@@ -78,6 +78,8 @@ def opened_image(path: str | Path):
 
     failures = (UnidentifiedImageError, OSError, ValueError, SyntaxError, zlib.error,
                 Image.DecompressionBombError, Image.DecompressionBombWarning)  # fmt: skip
+    if not Path(path).exists():
+        raise DataError(f"{path} is not a readable image (no such file)")
     if not Path(path).is_file():  # a folder, a FIFO (which would block), a device: never opened
         raise DataError(f"{path} is not a regular file")
     try:
