@@ -226,16 +226,17 @@ def save_training_state(run_dir: str | Path, state: dict, step: int, keep: int) 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{CHECKPOINT_PREFIX}{step:08d}.pt"
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    older = [p for p in checkpoint_paths(run_dir) if _step_or_none(p) is not None and _step_or_none(p) < step]
+    older = [p for p in checkpoint_paths(run_dir) if (number := _step_or_none(p)) is not None and number < step]
     for old in older[: max(len(older) - (keep - 1), 0)]:
         old.unlink(missing_ok=True)
     return path
 
 
 def _step_or_none(path: Path) -> int | None:
+    """The step of ``step_N.pt``, None for a name glowtorch does not write (``step_x.pt``)."""
     try:
         return checkpoint_step(path)
-    except ValueError:  # not a name glowtorch writes (step_N.pt with a number)
+    except ValueError:
         return None
 
 

@@ -17,13 +17,19 @@ __all__ = ["make_grid", "save_gif", "save_grid"]
 MAX_GRID_PIXELS = 1 << 28  # 268 million: a 16384 x 16384 PNG
 
 
+def grid_layout(n: int, columns: int | None) -> tuple[int, int]:
+    """``(rows, columns)`` of a grid of ``n`` images: ``columns`` (default about the square root), never more
+    than the images."""
+    columns = max(min(columns or math.ceil(math.sqrt(n)), n), 1)
+    return math.ceil(n / columns), columns
+
+
 def make_grid(images: Tensor, columns: int | None = None, padding: int = 2) -> np.ndarray:
     """``(N, C, H, W)`` uint8 -> one ``(rows*(H+p)+p, cols*(W+p)+p, C)`` uint8 array (C squeezed when 1)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"expected (N, C, H, W) uint8 images, got {images.dtype} {tuple(images.shape)}")
     n, channels, height, width = images.shape
-    columns = max(min(columns or math.ceil(math.sqrt(n)), n), 1)
-    rows = math.ceil(n / columns)
+    rows, columns = grid_layout(n, columns)
     grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, channels), np.uint8)
     array = images.permute(0, 2, 3, 1).cpu().numpy()
     for index in range(n):
@@ -39,8 +45,7 @@ def save_grid(images: Tensor, path: str | Path, columns: int | None = None, scal
     from PIL import Image
 
     n, _, height, width = images.shape
-    columns = max(min(columns or math.ceil(math.sqrt(max(n, 1))), n), 1)
-    rows = math.ceil(n / columns)
+    rows, columns = grid_layout(n, columns)
     pixels = (rows * (height + padding) + padding) * (columns * (width + padding) + padding) * scale * scale
     if pixels > MAX_GRID_PIXELS:
         raise ValueError(

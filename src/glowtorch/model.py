@@ -86,8 +86,6 @@ class GlowConfig:
     LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_shape, list):
-            object.__setattr__(self, "image_shape", tuple(self.image_shape))
         for name, value in check_field_types(GlowConfig, dataclasses.asdict(self)).items():
             object.__setattr__(self, name, value)  # integers stay integers (no 4.5 bits), tuples stay tuples
         if min(self.image_shape) < 1:

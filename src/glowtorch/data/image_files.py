@@ -15,6 +15,7 @@ from ..files import first_line
 from .dataset import DataError, resize_images
 
 __all__ = [
+    "ImageTooLarge",
     "first_image_size",
     "folder_listing",
     "image_array",
@@ -69,6 +70,10 @@ def image_array(image, channels: int | None = None, keep_alpha: bool = False) ->
     return np.asarray(image if mode == target else image.convert(target), dtype=np.uint8)
 
 
+class ImageTooLarge(DataError):
+    """An image file declares more pixels than PIL's decompression-bomb limit."""
+
+
 @contextlib.contextmanager
 def opened_image(path: str | Path):
     """``PIL.Image.open(path)``, with every way a file can fail to be an image raised as ``DataError``:
@@ -90,7 +95,8 @@ def opened_image(path: str | Path):
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path} declares more pixels than glowtorch decodes ({Image.MAX_IMAGE_PIXELS:,})") from None
+        limit = Image.MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"{path} declares more pixels than glowtorch decodes ({limit:,})") from None
     except failures as error:
         raise DataError(f"{path} is not a readable image ({first_line(error)})") from None
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..data import DataError, image_array, opened_image
+from ..data.image_files import ImageTooLarge
 from ..images import make_grid
 
 __all__ = ["DISPLAY", "MAX_UPLOAD_PIXELS", "DemoError", "finite_number", "prepare_image", "show", "unit_number"]
@@ -83,9 +84,9 @@ def prepare_image(value: Any, image_shape: tuple[int, int, int]) -> tuple[Tensor
                     raise DemoError(f"the image is {image.width}x{image.height}: upload one under 4096x4096 pixels")
                 image.load()
                 value = image.copy()
-        except DataError as error:
-            if "pixels" in str(error):
-                raise DemoError("the image is too large: upload one under 4096x4096 pixels") from None
+        except ImageTooLarge:
+            raise DemoError("the image is too large: upload one under 4096x4096 pixels") from None
+        except DataError:
             raise DemoError("the upload is not a readable image: upload a PNG or JPEG") from None
     if isinstance(value, Image.Image):
         try:
