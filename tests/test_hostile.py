@@ -486,6 +486,13 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_resumed(tmp_path, caps
     assert main(["train", *flags, "--resume"]) == 0
     assert "starting it again" in capsys.readouterr().out
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [3]
+    for path in (run / "checkpoints").iterdir():  # a model without checkpoints: kept, and said how to go on
+        path.unlink()
+    before = snapshot(run)
+    assert main(["train", *flags, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a model but no checkpoint" in err and "another --out" in err
+    assert snapshot(run) == before
 
 
 def test_the_last_resort_handler_is_one_line_and_debug_re_raises(monkeypatch, capsys) -> None:

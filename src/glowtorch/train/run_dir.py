@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..checkpoint import (
+    CheckpointError,
     checkpoint_paths,
     checkpoint_step,
     holds_run,
@@ -72,7 +73,12 @@ class RunDir:
                     remove_stale_temps(folder)
         if not resume:
             return None
-        if not checkpoint_paths(self.path) and holds_run(self.path) and not (self.path / "model").exists():
+        if not checkpoint_paths(self.path) and holds_run(self.path):
+            if (self.path / "model").exists():  # a model to keep (its checkpoints deleted, or never written)
+                raise CheckpointError(
+                    f"{self.path} holds a model but no checkpoint to resume from: train into another --out "
+                    "(its model/ stays as it is)"
+                )
             if warn is not None:
                 warn(f"{self.path} holds no checkpoint yet (the run stopped before its first): starting it again")
             return None
@@ -129,8 +135,12 @@ class RunDir:
             save_training_state(self.path, state, step, keep)
         except OSError as error:
             saved = checkpoint_paths(self.path)
-            where = (f"--resume continues from step {checkpoint_step(saved[-1])}" if saved
-                     else "no checkpoint yet: --resume starts the run again")  # fmt: skip
+            if saved:
+                where = f"--resume continues from step {checkpoint_step(saved[-1])}"
+            elif (self.path / "model").exists():
+                where = "no checkpoint yet: train again into another --out"
+            else:
+                where = "no checkpoint yet: --resume starts the run again"
             raise OSError(f"{first_line(error)}; nothing written before was lost: {where}") from None
 
     def has_checkpoint(self) -> bool:
