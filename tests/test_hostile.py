@@ -521,3 +521,19 @@ class _Returning:
     def parse_args(self, argv):
         self.args.func = self.func
         return self.args
+
+
+def test_a_grid_too_large_is_refused_before_it_is_drawn(tmp_path) -> None:
+    """``save_grid`` from the API (no argparse bound on ``scale``): more than 2^28 pixels is one ValueError and
+    no file; the bound counts padding and the clamped column count."""
+    from glowtorch.images import MAX_GRID_PIXELS, save_grid
+
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    side = 2 * (8 + 2) + 2  # two columns however many are asked for
+    scale = int((MAX_GRID_PIXELS / (side * 12)) ** 0.5) + 1
+    with pytest.raises(ValueError, match="PNG grid would have"):
+        save_grid(images, tmp_path / "big.png", columns=1000, scale=scale)
+    assert not any(tmp_path.iterdir())
+    assert side * 12 * (scale - 1) ** 2 <= MAX_GRID_PIXELS  # the scale just under the bound would pass
+    save_grid(images, tmp_path / "ok.png", columns=1000, scale=3)
+    assert Image.open(tmp_path / "ok.png").size == (side * 3, 12 * 3)
