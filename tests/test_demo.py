@@ -13,6 +13,8 @@ from glowtorch.demo import DemoError, Explorer, prepare_image, show
 from glowtorch.demo.explorer import READ_DRAWS
 from glowtorch.evaluate import score_images
 from glowtorch.latent import write_directions
+from glowtorch.latent_files import model_fingerprint, save_latents
+from glowtorch.validation import MAX_SEED
 
 
 def mnist_like_model(num_classes: int = 0, seed: int = 0) -> Glow:
@@ -188,6 +190,55 @@ def test_a_directions_file_of_another_model_is_refused(explorer, tmp_path) -> No
         explorer.directions = before
 
 
+def hostile_directions(path, model: Glow, tensors: dict, attributes: str) -> None:
+    """A directions file that claims ``model`` (its fingerprint) but holds what ``tensors`` say."""
+    metadata = {"glowtorch": "directions", "model_fingerprint": model_fingerprint(model), "attributes": attributes}
+    save_latents(path, tensors, metadata)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: {"z0": d[0].clone().fill_(float("nan")), "z1": d[1]}, "not finite numbers"),
+        (lambda d: {"z0": d[0], "z1": d[1].clone().fill_(float("inf"))}, "not finite numbers"),
+        (lambda d: {"z0": d[0].long(), "z1": d[1]}, "not finite numbers"),
+        (lambda d: {"z0": d[0]}, "where this model needs"),  # a level missing
+        (lambda d: {"z0": d[0][:1], "z1": d[1][:1]}, "where this model needs"),  # fewer than its attributes
+        (lambda d: {"z0": d[0].flatten(1), "z1": d[1]}, "where this model needs"),
+        (lambda d: {"z0": d[0], "z1": d[1], "z2": d[1].clone()}, "where this model needs"),  # a level too many
+    ],
+)
+def test_an_uploaded_directions_file_is_checked_before_any_slider_uses_it(explorer, tmp_path, change, message):
+    directions = [torch.zeros(2, *s) for s in explorer.model.latent_shapes]
+    hostile_directions(tmp_path / "d.safetensors", explorer.model, change(directions), '["a", "b"]')
+    before = dict(explorer.directions)
+    with pytest.raises(DemoError, match=message):
+        explorer.load_directions(tmp_path / "d.safetensors")
+    assert explorer.directions == before  # the sliders keep working on the directions they had
+
+
+@pytest.mark.parametrize("attributes", ['"a"', "[]", '["a", "a"]', '["a", 3]', '["a", ""]', "{", '{"a": 1}'])
+def test_a_directions_file_must_name_distinct_attributes(explorer, tmp_path, attributes: str) -> None:
+    directions = [torch.zeros(2, *s) for s in explorer.model.latent_shapes]
+    hostile_directions(tmp_path / "d.safetensors", explorer.model, {"z0": directions[0], "z1": directions[1]},
+                       attributes)  # fmt: skip
+    with pytest.raises(DemoError, match="does not name its attributes"):
+        explorer.load_directions(tmp_path / "d.safetensors")
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**64, 1e30, 2.5, float("nan"), "x", True])
+def test_a_seed_a_generator_cannot_take_is_refused_with_a_message(explorer, seed) -> None:
+    with pytest.raises(DemoError, match="seed must be"):
+        explorer.sample(0.5, seed=seed, n=2)
+
+
+def test_seeds_up_to_the_largest_are_taken(explorer) -> None:
+    largest = explorer.sample(0.5, seed=MAX_SEED, n=2)
+    assert torch.equal(largest, explorer.sample(0.5, seed=MAX_SEED, n=2))
+    assert torch.equal(explorer.sample(0.5, seed=3.0, n=2), explorer.sample(0.5, seed=3, n=2))
+    assert not torch.equal(largest, explorer.sample(0.5, seed=MAX_SEED - 1, n=2))
+
+
 def test_same_handwriting_another_digit() -> None:
     model = mnist_like_model(num_classes=10)
     conditional = Explorer(model, "c")
@@ -310,3 +361,77 @@ def test_the_page_has_a_super_resolve_tab_with_a_super_resolution_model() -> Non
         Explorer(mnist_like_model(), "tiny", superres=sr_model())
     )
     assert "superres" not in ids(Explorer(mnist_like_model(), "tiny"))
+
+
+# --------------------------------------------------------------------------- serving
+def served(monkeypatch, capsys, argv: list[str]) -> tuple[dict, str]:
+    """``glowtorch demo ARGV`` up to the point of serving: what ``launch`` was given, and stderr."""
+    pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
+    import glowtorch.demo as demo
+    from glowtorch.cli import main
+
+    given: dict = {}
+    monkeypatch.setattr(demo.Explorer, "from_checkpoint", classmethod(lambda cls, *a, **k: None))
+    monkeypatch.setattr(demo, "launch", lambda explorer, host, port, quiet, auth: given.update(host=host, auth=auth))
+    monkeypatch.delenv("GLOWTORCH_DEMO_AUTH", raising=False)
+    assert main(["demo", *argv]) == 0
+    return given, capsys.readouterr().err
+
+
+def test_serving_beyond_this_machine_is_warned_of(monkeypatch, capsys) -> None:
+    given, err = served(monkeypatch, capsys, ["--host", "0.0.0.0"])
+    assert given == {"host": "0.0.0.0", "auth": None}
+    assert "warning: --host 0.0.0.0 lets other machines use the page" in err and "--auth" in err
+    for local in ("127.0.0.1", "localhost", "::1"):
+        assert served(monkeypatch, capsys, ["--host", local])[1] == ""
+
+
+def test_a_password_is_asked_for_when_given(monkeypatch, capsys) -> None:
+    given, err = served(monkeypatch, capsys, ["--auth", "ann:pass:word"])
+    assert given["auth"] == ("ann", "pass:word") and err == ""  # the password may hold colons
+    monkeypatch.setenv("GLOWTORCH_DEMO_AUTH", "bob:secret")
+    import glowtorch.demo as demo
+    from glowtorch.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(demo, "launch", lambda explorer, host, port, quiet, auth: seen.update(auth=auth))
+    assert main(["demo", "--host", "0.0.0.0"]) == 0
+    assert seen["auth"] == ("bob", "secret")
+    assert "unencrypted" in capsys.readouterr().err  # a password over the network is said to travel in clear
+
+
+def test_a_failing_handler_is_a_message_in_the_page(capsys) -> None:
+    pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
+    from glowtorch.demo.page import _guarded
+
+    def broken(x):
+        raise RuntimeError("a bug")
+
+    def refusing(x):
+        raise DemoError("bad input")
+
+    *kept, message = _guarded(broken, 2)(1)
+    assert len(kept) == 2 and "the server failed on this input (RuntimeError)" in message
+    assert "RuntimeError: a bug" in capsys.readouterr().err  # the traceback goes to the server's log
+    assert _guarded(refusing, 1)(1)[1] == "**bad input**"
+    assert _guarded(lambda x: (x, x + 1), 2)(1) == (1, 2, "")
+
+
+def test_only_uploads_in_the_servers_folder_are_removed(tmp_path) -> None:
+    from glowtorch.demo.page import _discard_upload
+
+    uploads, elsewhere = tmp_path / "uploads", tmp_path / "user"
+    (uploads / "abc").mkdir(parents=True)
+    elsewhere.mkdir()
+    upload, mine = uploads / "abc" / "seven.png", elsewhere / "seven.png"
+    upload.write_bytes(b"x")
+    mine.write_bytes(b"y")
+    link = uploads / "link.png"
+    link.symlink_to(mine)
+    _discard_upload(str(mine), uploads)  # outside the folder: kept
+    _discard_upload(link, uploads)  # a link in it to a file outside: kept, and so is its target
+    _discard_upload(str(uploads / ".." / "user" / "seven.png"), uploads)
+    _discard_upload(str(upload), None)  # no private folder (build_app called directly): nothing removed
+    assert mine.read_bytes() == b"y" and link.is_symlink() and upload.exists()
+    _discard_upload(str(upload), uploads)
+    assert not upload.exists() and not (uploads / "abc").exists() and uploads.is_dir()

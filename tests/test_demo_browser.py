@@ -48,11 +48,14 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 def server(tmp_path_factory):
     """``glowtorch demo`` on the shipped MNIST model, on a free port; stopped with Ctrl-C (SIGINT)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("demo") / "server.log"
+    folder = tmp_path_factory.mktemp("demo")
+    log, temp = folder / "server.log", folder / "tmp"
+    temp.mkdir()  # the system temp folder the server sees: its private upload folder is made in it
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "glowtorch", "demo", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT
-        )
+            [sys.executable, "-m", "glowtorch", "demo", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "TMPDIR": str(temp)},
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -64,6 +67,7 @@ def server(tmp_path_factory):
                 process.kill()
                 pytest.fail(f"the demo did not start: {log.read_text()[-2000:]}")
             time.sleep(0.5)
+    process.temp = temp
     yield url, process, log
     if process.poll() is None:
         process.send_signal(2)
@@ -107,11 +111,18 @@ def set_number(page, element: str, value: float) -> None:
     box.press("Enter")
 
 
+def uploads_folder(server) -> Path:
+    """The server's private folder for uploads and pictures (the only glowtorch-demo-* in its temp folder)."""
+    (folder,) = server[1].temp.glob("glowtorch-demo-*")
+    return folder
+
+
 def test_the_page_loads_and_fetches_nothing_from_outside(page, server, tmp_path) -> None:
     expect(page.get_by_text("pretrained:mnist").first).to_be_visible()
     assert image_source(page, "samples")  # the first grid is drawn on load
     page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
     assert page.outside_requests == []
+    assert uploads_folder(server).stat().st_mode & 0o777 == 0o700  # no other user can read what is uploaded
 
 
 def test_temperature_and_sample_change_the_picture(page, tmp_path) -> None:
@@ -134,9 +145,12 @@ def test_bad_values_get_a_message_and_the_app_keeps_serving(page) -> None:
     page.locator("#sample").click()
     changed(page, "samples", before)
     expect(page.locator("#sample-message")).not_to_contain_text("per-level")
+    set_number(page, "seed", 2**64)  # beyond what a generator takes: a message, not a server error
+    page.locator("#sample").click()
+    expect(page.locator("#sample-message")).to_contain_text("whole number from 0 to", timeout=30_000)
 
 
-def test_an_uploaded_digit_shows_its_reconstruction_and_score(page, tmp_path) -> None:
+def test_an_uploaded_digit_shows_its_reconstruction_and_score(page, server, tmp_path) -> None:
     canvas = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(canvas).line([(9, 7), (19, 7), (12, 22)], fill=255, width=2)  # a 7
     canvas.save(tmp_path / "seven.png")
@@ -149,6 +163,7 @@ def test_an_uploaded_digit_shows_its_reconstruction_and_score(page, tmp_path) ->
     shown = np.asarray(Image.open(io.BytesIO(page.locator("#reconstruction img").first.screenshot())).convert("L"))
     ink = (shown > 128).mean()  # the reconstructed 7 as the browser shows it: white strokes on black
     assert shown.min() < 50 and shown.max() > 200 and 0.02 < ink < 0.5
+    assert not list(uploads_folder(server).rglob("seven.png"))  # the upload is removed once read
 
 
 def test_a_file_that_is_not_an_image_gets_a_message(page, tmp_path) -> None:
@@ -223,3 +238,4 @@ def test_ctrl_c_stops_the_server_cleanly(server, page) -> None:
     gradio_file_race = sum("Too little data for declared Content-Length" in line for line in lines)
     assert sum(line.startswith("Traceback") for line in lines) == gradio_file_race
     assert not any("KeyboardInterrupt" in line for line in lines)
+    assert not list(process.temp.iterdir())  # the private folder went with the server

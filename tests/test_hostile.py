@@ -204,6 +204,23 @@ def directions_case(tensors: dict, expect: str):
     return build, expect
 
 
+def claimed_directions_case(level: Callable[[tuple], torch.Tensor], expect: str):
+    """A directions file that claims the test model (its fingerprint) with ``level(shape)`` at each level."""
+
+    def build(tmp: Path, model: Path) -> list:
+        from glowtorch import load_model
+        from glowtorch.latent_files import model_fingerprint, save_latents
+
+        glow = load_model(model)
+        metadata = {"glowtorch": "directions", "model_fingerprint": model_fingerprint(glow), "attributes": '["3"]'}
+        save_latents(tmp / "d.safetensors", {f"z{i}": level((1, *s)) for i, s in enumerate(glow.latent_shapes)},
+                     metadata)  # fmt: skip
+        return ["manipulate", model, gray_png(tmp / "in.png"), "--direction", tmp / "d.safetensors", "--attribute",
+                "3", "-o", tmp / "m.png"]  # fmt: skip
+
+    return build, expect
+
+
 CASES: dict[str, tuple[Callable[[Path, Path], list], str]] = {
     # config.json written by someone else
     "config is a list": config_case(lambda v: [v], "JSON object"),
@@ -248,6 +265,13 @@ CASES: dict[str, tuple[Callable[[Path, Path], list], str]] = {
     "--draws 1e9": (lambda tmp, model: ["evaluate", model, "--dataset", "digits", "--draws", "10**9"], "--draws"),
     "--image-size 1e5": (lambda tmp, model: ["train", "--dataset", "digits", "--image-size", "100000"], "--image-size"),
     "--port 70000": (lambda tmp, model: ["demo", model, "--port", "70000"], "--port"),
+    "--auth without a colon": (lambda tmp, model: ["demo", model, "--auth", "ann"], "USER:PASSWORD"),
+    "--auth without a user": (lambda tmp, model: ["demo", model, "--auth", ":pw"], "USER:PASSWORD"),
+    "--auth without a password": (lambda tmp, model: ["demo", model, "--auth", "ann:"], "USER:PASSWORD"),
+    "GLOWTORCH_DEMO_AUTH without a colon": (
+        lambda tmp, model: os.environ.update(GLOWTORCH_DEMO_AUTH="ann") or ["demo", model],
+        "GLOWTORCH_DEMO_AUTH must be USER:PASSWORD",
+    ),
     "model folder missing": (lambda tmp, model: sample(tmp / "nowhere"), "not found"),
     "unknown pretrained name": (lambda tmp, model: sample("pretrained:nope"), "pretrained"),
     # image files
@@ -337,6 +361,8 @@ CASES: dict[str, tuple[Callable[[Path, Path], list], str]] = {
     "plot: metrics steps are strings": metrics_case('{"step": "a", "test_bpd": "b"}\n'),
     "plot: metrics not JSON": metrics_case("{not json\n"),
     "directions without attributes": directions_case({"mean": torch.zeros(3)}, "directions"),
+    "directions of NaN": claimed_directions_case(lambda s: torch.full(s, float("nan")), "not finite numbers"),
+    "directions of the wrong shape": claimed_directions_case(lambda s: torch.zeros(2, *s), "where this model needs"),
 }
 
 

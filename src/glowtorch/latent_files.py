@@ -179,8 +179,28 @@ def write_directions(
 
 
 def read_directions(path: str | Path, model: Glow) -> dict[str, list[Tensor]]:
-    """The directions of a file written by ``write_directions`` for ``model``: ``{attribute: [per level]}``."""
+    """The directions of a file written by ``write_directions`` for ``model``: ``{attribute: [per level]}``.
+
+    Everything in the file is checked before it is used, since a file can come from anyone: distinct
+    attribute names, one ``(A, *latent_shape)`` tensor per level of the model, floating point and finite."""
     tensors, metadata = load_latents(path)
     _check_kind(model, metadata, path, "directions")
+    try:
+        attributes = json.loads(metadata.get("attributes", ""))
+    except json.JSONDecodeError:
+        attributes = None
+    if (
+        not isinstance(attributes, list)
+        or not attributes
+        or not all(isinstance(name, str) and name for name in attributes)
+        or len(set(attributes)) != len(attributes)
+    ):
+        raise ValueError(f"{path} does not name its attributes (a list of distinct names); recompute it")
     levels = _levels(tensors)
-    return {name: [d[i] for d in levels] for i, name in enumerate(json.loads(metadata["attributes"]))}
+    expected = [(len(attributes), *shape) for shape in model.latent_shapes]
+    found = [tuple(d.shape) for d in levels]
+    if found != expected:
+        raise ValueError(f"{path} holds directions of shapes {found}, where this model needs {expected}")
+    if not all(d.is_floating_point() and bool(torch.isfinite(d).all()) for d in levels):
+        raise ValueError(f"{path} holds directions that are not finite numbers; recompute it")
+    return {name: [d[i] for d in levels] for i, name in enumerate(attributes)}

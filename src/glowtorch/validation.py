@@ -17,6 +17,7 @@ import typing
 
 __all__ = [
     "MAX_FLOW_STEPS",
+    "MAX_SEED",
     "available_memory",
     "check_allocation",
     "check_device",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 MAX_FLOW_STEPS = 10_000  # levels x depth; the paper's largest model has 6 x 32 = 192
+MAX_SEED = 2**63 - 1  # seeds are 0 to MAX_SEED: what torch.Generator.manual_seed takes, everywhere
 
 
 def _is_int(value: object) -> bool:

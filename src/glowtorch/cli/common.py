@@ -19,6 +19,7 @@ import torch
 from ..data import DATASETS
 from ..files import ensure_writable_dir
 from ..precision import PRECISION_CHOICES
+from ..validation import MAX_SEED
 
 __all__ = [
     "MODEL_FLAGS",
@@ -111,7 +112,7 @@ def device_name(text: str) -> str:
     return text
 
 
-SEED = int_up_to(2**63 - 1, minimum=0)  # what torch.Generator.manual_seed takes
+SEED = int_up_to(MAX_SEED, minimum=0)
 
 
 # --------------------------------------------------------------------------- flags from dataclasses

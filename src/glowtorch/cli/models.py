@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from ..data import DATASETS
 from ..pretrained import pretrained_card, pretrained_names
 from .common import Shared, UsageError, int_up_to
 
-__all__ = ["add_demo", "add_pretrained"]
+__all__ = ["AUTH_VARIABLE", "add_demo", "add_pretrained", "user_and_password"]
+
+AUTH_VARIABLE = "GLOWTORCH_DEMO_AUTH"
+
+
+def user_and_password(text: str) -> tuple[str, str]:
+    """``USER:PASSWORD`` (the password may hold colons) as ``(user, password)``, both non-empty."""
+    user, colon, password = text.partition(":")
+    if not colon or not user.strip() or not password:
+        raise argparse.ArgumentTypeError("give the user name and password as USER:PASSWORD")
+    return user, password
 
 
 def add_demo(sub: argparse._SubParsersAction, shared: Shared) -> None:
@@ -18,6 +30,9 @@ def add_demo(sub: argparse._SubParsersAction, shared: Shared) -> None:
                     "(default: pretrained:mnist)")  # fmt: skip
     dm.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     dm.add_argument("--port", type=int_up_to(65535), default=7860)
+    dm.add_argument("--auth", type=user_and_password, metavar="USER:PASSWORD",
+                    help="ask for this user name and password before showing the page (or set "
+                    f"{AUTH_VARIABLE}=USER:PASSWORD, which keeps it out of the process list)")  # fmt: skip
     dm.add_argument("--dataset", choices=sorted(DATASETS), help="score its test split and compute directions "
                     "from its training split once (cached in the model folder's demo/), for models that lack "
                     "them")  # fmt: skip
@@ -34,13 +49,24 @@ def cmd_demo(args) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise UsageError("the demo needs Gradio: pip install 'glowtorch[demo]'")
     from ..demo import Explorer, launch
+    from ..demo.page import LOCAL_HOSTS
 
+    auth = args.auth
+    if auth is None and os.environ.get(AUTH_VARIABLE):
+        try:
+            auth = user_and_password(os.environ[AUTH_VARIABLE])
+        except argparse.ArgumentTypeError:
+            raise UsageError(f"{AUTH_VARIABLE} must be USER:PASSWORD") from None
+    if args.host not in LOCAL_HOSTS:
+        print(f"glowtorch: warning: --host {args.host} lets other machines use the page (and this machine's "
+              "processors); " + ("the password travels unencrypted over plain http" if auth else
+              "add --auth USER:PASSWORD to ask for a password"), file=sys.stderr, flush=True)  # fmt: skip
     checkpoint = args.checkpoint or "pretrained:mnist"
     superres = None if args.superres == "none" else args.superres
     explorer = Explorer.from_checkpoint(checkpoint, args.dataset, args.data_dir, args.device, not args.no_progress,
                                         superres)  # fmt: skip
     print(f"serving {checkpoint} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    launch(explorer, args.host, args.port, quiet=True)
+    launch(explorer, args.host, args.port, quiet=True, auth=auth)
     return 0
 
 

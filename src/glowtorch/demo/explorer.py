@@ -22,7 +22,7 @@ from ..latent import change_class, decode_images, encode_images, mix_latents, re
 from ..model import Glow
 from ..preprocess import to_uint8
 from ..reference import build_reference, find_reference_files, read_test_scores
-from .inputs import DemoError, finite_number, prepare_image, unit_number
+from .inputs import DemoError, finite_number, prepare_image, seed_number, unit_number
 
 __all__ = ["MAX_SAMPLES", "SUPERRES_MODEL", "Explorer", "Reading", "SuperResolution"]
 
@@ -293,7 +293,7 @@ def _draws(n: Any, seed: Any) -> tuple[int, torch.Generator]:
     """The page's number of samples (1 to ``MAX_SAMPLES``) and a generator seeded with its seed."""
     if not (1 <= int(n) <= MAX_SAMPLES):
         raise DemoError(f"the number of samples must be 1 to {MAX_SAMPLES}")
-    return int(n), torch.Generator().manual_seed(int(finite_number(seed, "seed")))
+    return int(n), torch.Generator().manual_seed(seed_number(seed))
 
 
 def _check_models(model: Glow, name: str, superres: Glow | None = None) -> None:

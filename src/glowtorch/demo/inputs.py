@@ -14,8 +14,18 @@ from torch import Tensor
 from ..data import DataError, image_array, opened_image
 from ..data.image_files import ImageTooLarge
 from ..images import make_grid
+from ..validation import MAX_SEED
 
-__all__ = ["DISPLAY", "MAX_UPLOAD_PIXELS", "DemoError", "finite_number", "prepare_image", "show", "unit_number"]
+__all__ = [
+    "DISPLAY",
+    "MAX_UPLOAD_PIXELS",
+    "DemoError",
+    "finite_number",
+    "prepare_image",
+    "seed_number",
+    "show",
+    "unit_number",
+]
 
 MAX_UPLOAD_PIXELS = 4096 * 4096
 DISPLAY = 4  # each model pixel is shown as DISPLAY x DISPLAY screen pixels (nearest neighbour)
@@ -138,6 +148,20 @@ def unit_number(value: Any, what: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise DemoError(f"{what} must be between 0 and 1, got {value:g}")
     return value
+
+
+def seed_number(value: Any) -> int:
+    """A seed from the page: a whole number from 0 to ``MAX_SEED`` (what ``torch.Generator`` takes)."""
+    if isinstance(value, bool):
+        number = -1
+    elif isinstance(value, int):
+        number = value
+    else:
+        real = finite_number(value, "seed")
+        number = int(real) if real == int(real) else -1
+    if not 0 <= number <= MAX_SEED:
+        raise DemoError(f"the seed must be a whole number from 0 to {MAX_SEED}")
+    return number
 
 
 def finite_number(value: Any, what: str) -> float:

@@ -3,6 +3,14 @@ around one ``Explorer`` (Gradio), and ``launch``, which serves it offline."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -11,15 +19,18 @@ from ..context import enlarge
 from .explorer import Explorer
 from .inputs import DemoError, show
 
-__all__ = ["MAX_SLIDERS", "build_app", "launch"]
+__all__ = ["LOCAL_HOSTS", "MAX_SLIDERS", "build_app", "launch"]
 
 MAX_SLIDERS = 40
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # addresses only this machine can reach
+CACHE_SECONDS = 3600  # pictures the page made are removed after an hour (and all of them when it stops)
 OFFLINE_THEME_FONTS = (["ui-sans-serif", "system-ui", "sans-serif"], ["ui-monospace", "monospace"])
 
 
 def _guarded(function, outputs: int):
-    """``function``'s results plus an empty message, or unchanged outputs and the ``DemoError``'s message:
-    bad input is answered in the page and the app keeps serving."""
+    """``function``'s results plus an empty message, or unchanged outputs and a message: a ``DemoError``'s
+    (bad input), or for anything else a line saying that the server failed (its traceback goes to the
+    server's log). Either way the app keeps serving."""
     import gradio as gr
 
     def run(*args):
@@ -27,17 +38,35 @@ def _guarded(function, outputs: int):
             result = function(*args)
         except DemoError as error:
             return (*[gr.update() for _ in range(outputs)], f"**{error}**")
+        except Exception as error:  # a bug: said in the page, the traceback in the server's log
+            traceback.print_exc(file=sys.stderr)
+            message = f"**the server failed on this input ({type(error).__name__}); the page keeps serving**"
+            return (*[gr.update() for _ in range(outputs)], message)
         result = result if isinstance(result, tuple) else (result,)
         return (*result, "")
 
     return run
 
 
+def _discard_upload(path, uploads: Path | None) -> None:
+    """Removes an uploaded file once read (and Gradio's folder for it, when that is then empty), but only
+    inside ``uploads``, the private folder ``launch`` made for this server."""
+    if uploads is None or path is None:
+        return
+    path = Path(path if isinstance(path, (str, Path)) else getattr(path, "name", ""))
+    with suppress(OSError, ValueError):
+        if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(uploads.resolve()):
+            path.unlink()
+            if path.parent.resolve() != uploads.resolve():
+                path.parent.rmdir()  # fails, harmlessly, when something else is in it
+
+
 class _Page:
     """What the tabs share: the explorer, the class dropdown, the chosen image and the test images to pick."""
 
-    def __init__(self, explorer: Explorer, label, current) -> None:
+    def __init__(self, explorer: Explorer, label, current, uploads: Path | None = None) -> None:
         self.explorer, self.label, self.current = explorer, label, current
+        self.uploads = uploads
         self.examples = explorer.examples
         self.classes = list(range(explorer.model.config.num_classes))
         self.picks = [f"test image {i}" for i in range(0 if self.examples is None else len(self.examples))]
@@ -105,11 +134,13 @@ def _read_tab(page: _Page) -> None:
         return image.numpy().tolist(), show(image.unsqueeze(0)), show(result.reconstruction.unsqueeze(0)), \
             picture, text  # fmt: skip
 
-    def do_upload(path, y):  # the file box is emptied after each upload, ready for the next one
+    def do_upload(path, y):  # the file is read, then removed; the box is emptied, ready for the next one
         try:
             return (*do_read(path, y), None, "")
         except DemoError as error:
             return (*[gr.update() for _ in range(5)], None, f"**{error}**")
+        finally:
+            _discard_upload(path, page.uploads)
 
     def do_pick(choice, y):
         image = page.pick(choice).permute(1, 2, 0).numpy()
@@ -195,7 +226,10 @@ def _edit_tab(page: _Page) -> None:
     def do_directions(file):
         if file is None:
             raise DemoError("no file")
-        names = explorer.load_directions(file if isinstance(file, str) else file.name)
+        try:
+            names = explorer.load_directions(file if isinstance(file, str) else file.name)
+        finally:
+            _discard_upload(file, page.uploads)
         return tuple(gr.update(label=names[i] if i < len(names) else f"direction {i}", value=0,
                                visible=i < len(names)) for i in range(MAX_SLIDERS))  # fmt: skip
 
@@ -253,11 +287,13 @@ def _superres_tab(page: _Page) -> None:
     def do_drawing(value, t, s):
         return run(explorer.prepare(value)[0], t, s)
 
-    def do_upload(path, t, s):  # the file box is emptied after each upload, ready for the next one
+    def do_upload(path, t, s):  # the file is read, then removed; the box is emptied, ready for the next one
         try:
             return (*do_drawing(path, t, s), None, "")
         except DemoError as error:
             return (*[gr.update() for _ in range(5)], None, f"**{error}**")
+        finally:
+            _discard_upload(path, page.uploads)
 
     def do_pick(choice, t, s):
         return run(page.pick(choice), t, s)
@@ -275,19 +311,21 @@ def _superres_tab(page: _Page) -> None:
     seed.submit(_guarded(do_again, 5), [source, temperature, seed], outputs)
 
 
-def build_app(explorer: Explorer):
+def build_app(explorer: Explorer, uploads: Path | None = None):
     """The page: Sample, Draw or upload, Interpolate, Edit and (with a super-resolution model) Super-resolve
-    tabs around one ``Explorer``."""
+    tabs around one ``Explorer``. Uploaded files inside ``uploads`` (the server's private folder, see
+    ``launch``) are removed as soon as they are read."""
     import gradio as gr
 
     classes = list(range(explorer.model.config.num_classes))
-    with gr.Blocks(title=f"glowtorch: {explorer.name}", analytics_enabled=False) as app:
+    with gr.Blocks(title=f"glowtorch: {explorer.name}", analytics_enabled=False,
+                   delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as app:  # fmt: skip
         gr.Markdown(f"## glowtorch · `{explorer.name}`\nGlow's latent space: every image below is computed exactly "
                     f"(encode, then decode, gives the same pixels back).")  # fmt: skip
         current = gr.State(None)  # the chosen image, (C, H, W) uint8 as a nested list
         label = gr.Dropdown(classes, value=0 if classes else None, label="class", visible=bool(classes),
                             elem_id="label")  # fmt: skip
-        page = _Page(explorer, label, current)
+        page = _Page(explorer, label, current, uploads)
         _sample_tab(page, app)
         _read_tab(page)
         _interpolate_tab(page, app)
@@ -297,21 +335,37 @@ def build_app(explorer: Explorer):
     return app
 
 
-def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False) -> None:
+def launch(
+    explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False,
+    auth: Sequence[str] | None = None,
+) -> None:  # fmt: skip
     """Serves the page until Ctrl-C, on ``host`` only (127.0.0.1: this machine), with nothing fetched from
-    outside: no analytics, fonts from the system, uploads capped at 10 MB.
+    outside: no analytics, fonts from the system, uploads capped at 10 MB. ``auth`` ``(user, password)``
+    makes the page ask for them.
 
-    SIGINT stops it even where the process started with SIGINT ignored (a shell's background job does
-    that to its commands, and Python then never raises KeyboardInterrupt)."""
-    import os
+    Uploads and the pictures the page makes are kept in a private folder (mode 0700) made for this server:
+    each upload is removed once read, pictures after an hour, and the folder with everything in it when the
+    server stops. SIGINT and SIGTERM stop it cleanly, even where the process started with SIGINT ignored (a
+    shell's background job does that to its commands, and Python then never raises KeyboardInterrupt)."""
     import signal
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    import gradio as gr
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    with tempfile.TemporaryDirectory(prefix="glowtorch-demo-") as folder:
+        os.environ["GRADIO_TEMP_DIR"] = folder  # read by Gradio on import, and when the app is built and launched
+        try:
+            import gradio as gr
 
-    theme = gr.themes.Default(font=OFFLINE_THEME_FONTS[0], font_mono=OFFLINE_THEME_FONTS[1])
-    app = build_app(explorer)
-    app.queue(default_concurrency_limit=1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    app.launch(server_name=host, server_port=port, theme=theme, quiet=quiet, share=False, max_file_size="10mb",
-               footer_links=[], show_error=False)  # fmt: skip
+            theme = gr.themes.Default(font=OFFLINE_THEME_FONTS[0], font_mono=OFFLINE_THEME_FONTS[1])
+            app = build_app(explorer, Path(folder))
+            app.queue(default_concurrency_limit=1)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill, timeout, service managers
+            app.launch(server_name=host, server_port=port, theme=theme, quiet=quiet, share=False,
+                       max_file_size="10mb", footer_links=[], show_error=False,
+                       auth=None if auth is None else tuple(auth))  # fmt: skip
+        finally:
+            if previous is None:
+                os.environ.pop("GRADIO_TEMP_DIR", None)
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = previous
