@@ -381,7 +381,7 @@ def served(monkeypatch, capsys, argv: list[str]) -> tuple[dict, str]:
 def test_serving_beyond_this_machine_is_warned_of(monkeypatch, capsys) -> None:
     given, err = served(monkeypatch, capsys, ["--host", "0.0.0.0"])
     assert given == {"host": "0.0.0.0", "auth": None}
-    assert "warning: --host 0.0.0.0 lets other machines use the page" in err and "--auth" in err
+    assert "warning: --host 0.0.0.0 serves the page to other machines, with no login: add --auth" in err
     for local in ("127.0.0.1", "localhost", "::1"):
         assert served(monkeypatch, capsys, ["--host", local])[1] == ""
 

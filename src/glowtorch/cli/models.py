@@ -58,9 +58,9 @@ def cmd_demo(args) -> int:
         except argparse.ArgumentTypeError:
             raise UsageError(f"{AUTH_VARIABLE} must be USER:PASSWORD") from None
     if args.host not in LOCAL_HOSTS:
-        print(f"glowtorch: warning: --host {args.host} lets other machines use the page (and this machine's "
-              "processors); " + ("the password travels unencrypted over plain http" if auth else
-              "add --auth USER:PASSWORD to ask for a password"), file=sys.stderr, flush=True)  # fmt: skip
+        print(f"glowtorch: warning: --host {args.host} serves the page to other machines, " + (
+              "and the password crosses the network unencrypted (plain http)" if auth else
+              "with no login: add --auth USER:PASSWORD to ask for one"), file=sys.stderr, flush=True)  # fmt: skip
     checkpoint = args.checkpoint or "pretrained:mnist"
     superres = None if args.superres == "none" else args.superres
     explorer = Explorer.from_checkpoint(checkpoint, args.dataset, args.data_dir, args.device, not args.no_progress,
