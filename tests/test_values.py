@@ -1,0 +1,343 @@
+"""Hand-computed values for the context, super-resolution, OOD and conversion code: each test pins what a
+function computes on an input small enough to work out on paper (ties at .5, models below 8 bits,
+non-constant images, a background model other than the main one, overlapping score sets), so that a
+one-line change in the computation fails here even where shapes, orders and signs stay right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from conftest import randomize, tiny_config
+from glowtorch import Glow
+from glowtorch.context import ContextEncoder, context_from_lowres, context_shape, enlarge, lowres_images, resize
+
+
+def u8(rows) -> torch.Tensor:
+    """One uint8 image ``(1, 1, H, W)`` from nested rows."""
+    return torch.tensor(rows, dtype=torch.uint8)[None, None]
+
+
+# --------------------------------------------------------------------------- the low-resolution context
+@pytest.mark.parametrize(
+    "block, expected",
+    [
+        ([[0, 1], [0, 1]], 1),  # mean 0.5: half up gives 1 (half to even would give 0)
+        ([[2, 3], [2, 3]], 3),  # 2.5 -> 3 (half to even: 2)
+        ([[0, 0], [0, 1]], 0),  # 0.25 -> 0
+        ([[1, 1], [1, 2]], 1),  # 1.25 -> 1
+        ([[1, 2], [2, 2]], 2),  # 1.75 -> 2
+    ],
+)
+def test_the_context_rounds_each_blocks_mean_half_up(block, expected: int) -> None:
+    assert lowres_images(u8(block), 2).item() == expected
+
+
+def test_the_context_is_computed_in_the_models_bits() -> None:
+    # 3 bits: a pixel's level is pixel // 32. Levels [[0, 1], [1, 1]] -> mean 0.75 -> 1 -> 32.
+    # From the 8-bit pixels instead: mean(0, 32, 63, 63) = 39.5 -> 40, not a 3-bit level at all.
+    image = u8([[0, 32], [63, 63]])
+    assert lowres_images(image, 2, n_bits=3).item() == 32
+    # levels [[0, 0], [1, 1]]: mean 0.5 -> half up -> 1 -> 32; the 8-bit mean (0+31+32+63)/4 = 31.5 would give 32
+    # by chance, so a second case tells them apart: levels (7, 7, 6, 6) -> 6.5 -> 7 -> 224
+    assert lowres_images(u8([[255, 224], [223, 192]]), 2, n_bits=3).item() == 224
+    # 1 bit: pixels >= 128 are level 1; three of four -> 0.75 -> 1 -> 128
+    assert lowres_images(u8([[128, 255], [130, 0]]), 2, n_bits=1).item() == 128
+    assert lowres_images(u8([[255, 255], [255, 255]]), 2, n_bits=8).item() == 255
+
+
+def test_the_context_averages_each_block_of_its_factor_separately() -> None:
+    image = u8([[0, 0, 0, 40, 80, 120], [0, 0, 0, 40, 80, 120], [0, 0, 0, 40, 80, 120],
+                [9, 9, 9, 0, 0, 0], [9, 9, 9, 0, 0, 0], [9, 9, 9, 0, 0, 3]])  # fmt: skip
+    assert lowres_images(image, 3).tolist() == [[[[0, 80], [9, 0]]]]  # 0.333 -> 0 in the last block
+    channels = torch.cat([image, 255 - image], 1)  # channels are pooled on their own
+    assert lowres_images(channels, 3)[0, 1].tolist() == [[255, 175], [246, 255]]
+
+
+def test_the_context_in_model_space_is_each_bins_centre() -> None:
+    lowres = u8([[0, 32, 224]])
+    expected = (torch.tensor([0.0, 1.0, 7.0]) + 0.5) / 8 - 0.5  # 3 bits: levels 0, 1, 7
+    assert_close(context_from_lowres(lowres, n_bits=3)[0, 0, 0], expected)
+    assert_close(
+        context_from_lowres(u8([[0, 255]]), n_bits=8)[0, 0, 0], torch.tensor([0.5 / 256 - 0.5, 0.5 - 0.5 / 256])
+    )
+
+
+def test_images_that_are_not_uint8_batches_are_refused() -> None:
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        lowres_images(torch.zeros(1, 1, 4, 4), 2)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        lowres_images(torch.zeros(1, 4, 4, dtype=torch.uint8), 2)
+
+
+@pytest.mark.parametrize("condition", ["lowres:", "foo:2", "tensor:", "lowres:1", "lowres:x", "tensor:1,2",
+                                       "tensor:0,1,1", "lowres:3"])  # fmt: skip
+def test_malformed_conditions_are_refused(condition: str) -> None:
+    with pytest.raises(ValueError):
+        context_shape(condition, (1, 8, 8))
+
+
+def test_condition_shapes() -> None:
+    assert context_shape("lowres:2", (3, 8, 6)) == (3, 4, 3)
+    assert context_shape("tensor:1,1,1", (3, 8, 6)) == (1, 1, 1)
+    assert context_shape("", (3, 8, 6)) is None
+
+
+# --------------------------------------------------------------------------- resizing and the encoder
+def test_enlarge_repeats_each_pixel_as_a_block() -> None:
+    assert enlarge(u8([[10, 20]]), (2, 4)).tolist() == [[[[10, 10, 20, 20], [10, 10, 20, 20]]]]
+
+
+def test_resize_is_bilinear_up_and_area_averaged_down() -> None:
+    row = torch.tensor([[[[0.0, 1.0]]]])
+    assert_close(resize(row, (1, 4)), torch.tensor([[[[0.0, 0.25, 0.75, 1.0]]]]))  # not nearest: 0 0 1 1
+    square = torch.tensor([[[[1.0, 2.0], [3.0, 7.0]]]])
+    assert_close(resize(square, (1, 1)), torch.tensor([[[[3.25]]]]))  # the mean, not the max
+    assert_close(resize(square, (2, 2)), square)  # the same size: unchanged
+    # one axis up, one down: bilinear with an antialiasing triangle filter. Downsampling 4 -> 2, output 0
+    # weighs input pixels 0, 1, 2 by 0.75, 0.75, 0.25 (normalized by 1.75): 0 0 0 7 -> 0 and 7 * 0.75 / 1.75
+    mixed = torch.tensor([[[[0.0, 0.0, 0.0, 7.0]]]])
+    assert_close(resize(mixed, (2, 2)), torch.tensor([[[[0.0, 3.0], [0.0, 3.0]]]]))
+
+
+def test_the_context_encoder_computes_the_resized_context_beside_its_learned_channels() -> None:
+    torch.manual_seed(0)
+    encoder = ContextEncoder(2, 3, [(8, 8), (2, 2)]).double()
+    context = torch.rand(2, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    features = encoder(context)
+    assert [tuple(f.shape) for f in features] == [(2, 5, 8, 8), (2, 5, 2, 2)] and encoder.out_channels == 5
+    # computed here with torch.nn.functional alone, from the encoder's weights
+    conv = [m for m in encoder.trunk if isinstance(m, torch.nn.Conv2d)]
+    trunk = F.relu(F.conv2d(F.relu(F.conv2d(context, conv[0].weight, conv[0].bias, padding=1)), conv[1].weight,
+                            conv[1].bias, padding=1))  # fmt: skip
+    up = F.interpolate(context, size=(8, 8), mode="bilinear", align_corners=False)
+    down = F.avg_pool2d(context, 2)
+    head0, head1 = encoder.heads
+    learned0 = F.relu(F.conv2d(F.interpolate(trunk, size=(8, 8), mode="bilinear", align_corners=False),
+                               head0.weight, head0.bias, padding=1))  # fmt: skip
+    learned1 = F.relu(F.conv2d(F.avg_pool2d(trunk, 2), head1.weight, head1.bias, padding=1))
+    assert_close(features[0], torch.cat([up, learned0], 1))
+    assert_close(features[1], torch.cat([down, learned1], 1))
+    assert features[0][:, :2].abs().sum() > 0 and features[0][:, 2:].abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- super-resolution report
+def sr_model() -> Glow:
+    torch.manual_seed(0)
+    config = tiny_config(image_shape=(1, 4, 4), condition="lowres:2", context_features=2, depth=1)
+    return randomize(Glow(config), scale=0.05).eval()
+
+
+def scripted_samples(monkeypatch, by_temperature: dict[float, list[torch.Tensor]]) -> None:
+    """``sample_images`` replaced by samples given here: at each temperature, the next of its list."""
+    import glowtorch.superres as superres
+
+    served = {t: iter(v) for t, v in by_temperature.items()}
+    monkeypatch.setattr(superres, "sample_images", lambda model, lowres, t, generator, batch_size=500: next(served[t]))
+
+
+def test_the_superres_report_by_hand(monkeypatch) -> None:
+    from glowtorch.superres import superres_report
+
+    truth = u8([[0, 0, 100, 100], [0, 0, 100, 100], [40, 40, 200, 200], [40, 40, 200, 200]])
+    mode = truth.clone()
+    mode[0, 0, 0, 0] = 16  # one pixel off by 16: MSE 16 * 16 / 16 = 16 -> PSNR 10 log10(255^2 / 16)
+    hot = truth.clone()
+    hot[0, 0, 0] += 8  # the top row 8 higher: its low-resolution pixels 4 higher -> fidelity (4 + 4) / 4 = 2
+    # diversity at 0.5 from 2 samples: pixel (0, 0) takes 0 and 6, pixel (3, 3) 200 and 202, others agree.
+    # Bessel's correction: std = |a - b| / sqrt(2) -> (6 + 2) / sqrt(2) / 16; the mean of the stds
+    first, second = truth.clone(), truth.clone()
+    second[0, 0, 0, 0], second[0, 0, 3, 3] = 6, 202
+    scripted_samples(monkeypatch, {0.0: [mode], 0.5: [truth, first, second], 1.0: [hot, hot, hot]})
+    report = superres_report(sr_model(), truth, temperatures=(0.0, 0.5, 1.0), diversity_samples=2)
+    assert report["fidelity_mae"] == {"0": pytest.approx(1.0), "0.5": 0.0, "1": pytest.approx(2.0)}  # mode: 16/4
+    assert report["psnr_mode"] == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / 16)).item())
+    assert report["diversity"]["0.5"] == pytest.approx((6 + 2) / 2**0.5 / 16)
+    assert report["diversity"]["1"] == 0.0
+    # bicubic upsampling of a context of flat 2x2 blocks: exact in the middle, PSNR finite and the same as here
+    bicubic = F.interpolate(lowres_images(truth, 2).double(), size=(4, 4), mode="bicubic", align_corners=False)
+    mse = (bicubic.round().clamp(0, 255) - truth.double()).pow(2).mean()
+    assert report["psnr_bicubic"] == pytest.approx(10 * torch.log10(255.0**2 / mse).item())
+
+
+def test_the_mode_is_sampled_when_temperature_0_is_not_asked_for(monkeypatch) -> None:
+    from glowtorch.superres import superres_report
+
+    truth = u8([[0, 0, 100, 100], [0, 0, 100, 100], [40, 40, 200, 200], [40, 40, 200, 200]])
+    off = truth.clone()
+    off[0, 0, 1, 1] = 4  # MSE 1
+    scripted_samples(monkeypatch, {1.0: [truth, truth, truth], 0.0: [off]})
+    report = superres_report(sr_model(), truth, temperatures=(1.0,), diversity_samples=2)
+    assert report["psnr_mode"] == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / 1)).item())
+    assert report["fidelity_mae"] == {"1": 0.0} and report["diversity"] == {"1": 0.0}
+
+
+def test_an_exact_reproduction_counts_as_100_db() -> None:
+    from glowtorch.superres import _finite_mean, _psnr
+
+    image = u8([[1, 2], [3, 4]])
+    assert _finite_mean(_psnr(image, image)) == 100.0
+    other = image.clone()
+    other[0, 0, 0, 0] = 3  # MSE 4 / 4 = 1
+    both = _psnr(torch.cat([image, image]), torch.cat([image, other]))
+    assert _finite_mean(both) == pytest.approx((100 + 10 * torch.log10(torch.tensor(255.0**2)).item()) / 2)
+
+
+def test_the_figure_columns_are_context_bicubic_samples_and_truth(monkeypatch) -> None:
+    from glowtorch.superres import bicubic_upsample, superres_figure
+
+    truth = u8([[0, 0, 100, 100], [0, 0, 100, 100], [40, 40, 200, 200], [40, 40, 200, 200]])
+    truth = torch.cat([truth, 255 - truth])
+    truth[1, 0, 0, 0] = 0
+    samples = [torch.full_like(truth, v) for v in (1, 2, 3, 4)]
+    scripted_samples(monkeypatch, {0.6: samples[:2], 1.0: samples[2:]})
+    cells, columns = superres_figure(sr_model(), truth, temperatures=(0.6, 1.0), per_temperature=2)
+    assert columns == 7 and cells.shape == (14, 1, 4, 4)
+    lowres = lowres_images(truth, 2)
+    grid = cells.view(2, 7, 1, 4, 4)
+    assert torch.equal(grid[:, 0], lowres.repeat_interleave(2, 2).repeat_interleave(2, 3))  # blocks
+    assert torch.equal(grid[:, 1], bicubic_upsample(lowres, (4, 4)))
+    assert not torch.equal(grid[:, 0], grid[:, 1])
+    assert [grid[:, i].unique().item() for i in range(2, 6)] == [1, 2, 3, 4]
+    assert torch.equal(grid[:, 6], truth)
+
+
+def test_bicubic_upsampling_of_a_ramp() -> None:
+    from glowtorch.superres import bicubic_upsample
+
+    # PyTorch's bicubic (A = -0.75, edges clamped): 0 100 -> 4 pixels at source positions -0.25, 0.25, 0.75, 1.25
+    up = bicubic_upsample(u8([[0, 100]]), (1, 4))
+    a = -0.75
+
+    def weights(t: float) -> list[float]:
+        def near(x: float) -> float:
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+
+        def far(x: float) -> float:
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+        return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+    def at(position: float) -> float:
+        base = int(torch.floor(torch.tensor(position)).item())
+        t = position - base
+        values = [0.0, 100.0]
+        pick = [values[min(max(base + k, 0), 1)] for k in (-1, 0, 1, 2)]
+        return sum(w * v for w, v in zip(weights(t), pick, strict=True))
+
+    expected = [round(min(max(at(p), 0), 255)) for p in (-0.25, 0.25, 0.75, 1.25)]
+    assert up[0, 0, 0].tolist() == expected and expected[1] != expected[2]
+
+
+# --------------------------------------------------------------------------- OOD
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    torch.manual_seed(0)
+    main = randomize(Glow(tiny_config(image_shape=(1, 8, 8), depth=1)), scale=0.05, seed=0).eval()
+    background = randomize(Glow(tiny_config(image_shape=(1, 8, 8), depth=1)), scale=0.3, seed=7).eval()
+    return main, background
+
+
+def test_the_likelihood_ratio_is_the_main_models_bits_minus_the_backgrounds(two_models) -> None:
+    from glowtorch.evaluate import score_images
+    from glowtorch.ood import load_ood_set, ood_report
+
+    model, background = two_models
+    inliers = load_ood_set("smooth", model, 16)
+    outliers = load_ood_set("noise", model, 16)
+    train = load_ood_set("constant", model, 16)[1]
+    report = ood_report(model, inliers, [outliers], train, background=background, batch_size=4)
+    mine = score_images(model, outliers[1]).bits_per_dim
+    theirs = score_images(background, outliers[1]).bits_per_dim
+    ratio = report.scores["noise"]["likelihood_ratio"]
+    assert torch.allclose(ratio, mine - theirs) and not torch.allclose(ratio, theirs - mine)
+    assert (mine - theirs).abs().min() > 1e-3  # two different models: the ratio is not zero
+    assert report.typical_bpd == pytest.approx(score_images(model, train).bits_per_dim.mean().item())
+    typical = report.typical_bpd
+    # the batch test: consecutive groups of 4, their mean bits/dim against the typical value
+    test_bpd = report.scores["smooth"]["bpd"]
+    groups = torch.stack([test_bpd[i : i + 4].mean() for i in range(0, 16, 4)])
+    out_groups = torch.stack([mine[i : i + 4].mean() for i in range(0, 16, 4)])
+    from glowtorch.ood import auroc
+
+    expected = auroc((groups - typical).abs(), (out_groups - typical).abs())
+    assert report.metrics["noise"]["typicality_batch4"]["auroc"] == expected
+    assert set(report.metrics["noise"]) == {"bpd", "typicality", "complexity", "likelihood_ratio", "typicality_batch4"}
+
+
+def test_batch_means_take_consecutive_images_and_drop_the_rest() -> None:
+    from glowtorch.ood import _batch_means
+
+    values = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 99.0])
+    assert _batch_means(values, 3).tolist() == [2.0, 20.0]  # strided groups would give (1+10+99)/3, ...
+    assert _batch_means(values, 1).tolist() == values.tolist()
+    assert _batch_means(values, 7).tolist() == [pytest.approx(165.0 / 7)]
+
+
+def test_the_transforms_of_a_set_by_hand(two_models) -> None:
+    from glowtorch.ood import load_ood_set
+
+    model = two_models[0]
+    noise = load_ood_set("noise", model, 3)[1]
+    flipped = load_ood_set("noise:hflip", model, 3)[1]
+    assert torch.equal(flipped[..., :, 0], noise[..., :, 7]) and torch.equal(flipped[..., 2, 3], noise[..., 2, 4])
+    rotated = load_ood_set("noise:rot90", model, 3)[1]  # counter-clockwise: the last column becomes the top row
+    assert torch.equal(rotated[..., 0, :], noise[..., :, 7]) and torch.equal(rotated[..., 7, 0], noise[..., 0, 0])
+    assert torch.equal(load_ood_set("noise:invert", model, 3)[1], 255 - noise)
+
+
+def test_the_synthetic_sets_by_hand(two_models) -> None:
+    from glowtorch.ood import load_ood_set
+
+    model = two_models[0]
+    smooth = load_ood_set("smooth", model, 50)[1]
+    assert smooth.dtype == torch.uint8 and smooth.shape == (50, 1, 8, 8) and smooth.max() <= 63
+    neighbours = (smooth[..., 1:].int() - smooth[..., :-1].int()).abs().float().mean()
+    noise = load_ood_set("noise", model, 50)[1]
+    assert neighbours < 8 < (noise[..., 1:].int() - noise[..., :-1].int()).abs().float().mean()
+    assert noise.max() > 240 and noise.min() < 15  # uniform over 0..255
+    assert len(load_ood_set("noise", model, 3000)[1]) == 2000 and len(load_ood_set("black", model)[1]) == 2000
+
+
+def test_metrics_on_overlapping_scores_by_hand() -> None:
+    from glowtorch.ood import aupr, auroc, fpr_at_tpr
+
+    inliers, outliers = torch.tensor([1.0, 2, 3, 4]), torch.tensor([3.0, 4, 5, 6])
+    # pairs (out, in) in order: 3 beats 1, 2 and ties 3 (2.5); 4: 3.5; 5 and 6: 4 each -> 14 / 16
+    assert auroc(inliers, outliers) == 14 / 16
+    # thresholds 6, 5, 4, 3: recall 1/4, 2/4, 3/4, 1 at precision 1, 1, 3/4, 4/6
+    assert aupr(inliers, outliers) == pytest.approx(0.25 * (1 + 1 + 0.75 + 4 / 6))
+    assert fpr_at_tpr(inliers, outliers) == 0.5  # flagging all four outliers needs threshold 3: inliers 3, 4
+    assert fpr_at_tpr(inliers, outliers, tpr=0.5) == 0.0  # two outliers: threshold 5
+    assert fpr_at_tpr(inliers, outliers, tpr=0.75) == 0.25  # three: threshold 4, inlier 4 flagged
+
+
+def test_nan_and_infinite_scores_sort_as_the_most_out_of_distribution() -> None:
+    from glowtorch.ood import auroc
+
+    nan, inf = float("nan"), float("inf")
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([nan, inf])) == 1.0
+    # pairs (out, in): (inf, nan) tie 0.5, (inf, 1) 1, (0, nan) 0, (0, 1) 0 -> 1.5 / 4
+    assert auroc(torch.tensor([nan, 1.0]), torch.tensor([inf, 0.0])) == 1.5 / 4
+    assert auroc(torch.tensor([-inf, 0.0]), torch.tensor([-1.0, 1.0])) == 0.75
+    with pytest.raises(ValueError, match="at least one inlier and one outlier"):
+        auroc(torch.tensor([]), torch.tensor([1.0]))
+
+
+# --------------------------------------------------------------------------- conversion
+FIXTURES = Path(__file__).parent / "fixtures" / "convert"
+
+
+def test_a_y0ast_models_bits_come_from_its_hparams() -> None:
+    from glowtorch.convert import load_port_checkpoint, y0ast_config
+
+    name = "y0ast_affine_reverse_gray"
+    state = load_port_checkpoint(FIXTURES / f"{name}.pt")
+    hparams = json.loads((FIXTURES / f"{name}_hparams.json").read_text())
+    assert y0ast_config(state, {**hparams, "n_bits": 5}).n_bits == 5
+    assert y0ast_config(state, {k: v for k, v in hparams.items() if k != "n_bits"}).n_bits == 8
