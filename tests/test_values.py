@@ -46,6 +46,9 @@ def test_the_context_is_computed_in_the_models_bits() -> None:
     # levels [[0, 0], [1, 1]]: mean 0.5 -> half up -> 1 -> 32; the 8-bit mean (0+31+32+63)/4 = 31.5 would give 32
     # by chance, so a second case tells them apart: levels (7, 7, 6, 6) -> 6.5 -> 7 -> 224
     assert lowres_images(u8([[255, 224], [223, 192]]), 2, n_bits=3).item() == 224
+    # each pixel is reduced before averaging: 31 is level 0 at 3 bits (31 / 32 rounded would be level 1)
+    assert lowres_images(u8([[31, 31], [31, 31]]), 2, n_bits=3).item() == 0
+    assert lowres_images(u8([[63, 63], [63, 31]]), 2, n_bits=3).item() == 32  # levels 1, 1, 1, 0 -> 0.75 -> 1
     # 1 bit: pixels >= 128 are level 1; three of four -> 0.75 -> 1 -> 128
     assert lowres_images(u8([[128, 255], [130, 0]]), 2, n_bits=1).item() == 128
     assert lowres_images(u8([[255, 255], [255, 255]]), 2, n_bits=8).item() == 255
