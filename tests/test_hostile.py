@@ -221,6 +221,19 @@ def claimed_directions_case(level: Callable[[tuple], torch.Tensor], expect: str)
     return build, expect
 
 
+def scores_case(tensors: dict, expect: str):
+    """``glowtorch demo`` on a model folder whose test-scores file holds ``tensors``."""
+
+    def build(tmp: Path, model: Path) -> list:
+        pytest.importorskip("gradio", reason="the demo needs Gradio")
+        folder = tiny_model(tmp / "scored")
+        save_file(tensors, str(folder / "test_scores.safetensors"))
+        save_file({"z0": torch.zeros(1)}, str(folder / "directions.safetensors"))
+        return ["demo", folder, "--superres", "none"]
+
+    return build, expect
+
+
 CASES: dict[str, tuple[Callable[[Path, Path], list], str]] = {
     # config.json written by someone else
     "config is a list": config_case(lambda v: [v], "JSON object"),
@@ -361,6 +374,16 @@ CASES: dict[str, tuple[Callable[[Path, Path], list], str]] = {
     "plot: metrics steps are strings": metrics_case('{"step": "a", "test_bpd": "b"}\n'),
     "plot: metrics not JSON": metrics_case("{not json\n"),
     "directions without attributes": directions_case({"mean": torch.zeros(3)}, "directions"),
+    "demo test scores without examples": scores_case(
+        {"bits_per_dim": torch.ones(4)}, "needs bits_per_dim and examples"
+    ),
+    "demo test scores of NaN": scores_case(
+        {"bits_per_dim": torch.tensor([1.0, float("nan")]), "examples": torch.zeros(1, 1, 8, 8, dtype=torch.uint8)},
+        "not NaN",
+    ),
+    "demo examples of another shape": scores_case(
+        {"bits_per_dim": torch.ones(2), "examples": torch.zeros(1, 3, 8, 8, dtype=torch.uint8)}, "examples must be"
+    ),
     "directions of NaN": claimed_directions_case(lambda s: torch.full(s, float("nan")), "not finite numbers"),
     "directions of the wrong shape": claimed_directions_case(lambda s: torch.zeros(2, *s), "where this model needs"),
 }

@@ -78,11 +78,24 @@ def test_images_that_are_not_uint8_batches_are_refused() -> None:
         lowres_images(torch.zeros(1, 4, 4, dtype=torch.uint8), 2)
 
 
-@pytest.mark.parametrize("condition", ["lowres:", "foo:2", "tensor:", "lowres:1", "lowres:x", "tensor:1,2",
-                                       "tensor:0,1,1", "lowres:3"])  # fmt: skip
-def test_malformed_conditions_are_refused(condition: str) -> None:
-    with pytest.raises(ValueError):
-        context_shape(condition, (1, 8, 8))
+@pytest.mark.parametrize(
+    "condition, shape, message",
+    [
+        ("lowres:", (1, 8, 8), "condition must be 'lowres:F'"),
+        ("foo:2", (1, 8, 8), "condition must be 'lowres:F'"),
+        ("tensor:", (1, 8, 8), "condition must be 'lowres:F'"),
+        ("lowres:1", (1, 8, 8), "a whole factor F >= 2"),
+        ("lowres:x", (1, 8, 8), "a whole factor F >= 2"),
+        ("lowres:2,2", (1, 8, 8), "a whole factor F >= 2"),
+        ("tensor:1,2", (1, 8, 8), "three positive sizes"),
+        ("tensor:0,1,1", (1, 8, 8), "three positive sizes"),
+        ("lowres:3", (1, 9, 8), "9x8 is not divisible by 3"),  # the width alone
+        ("lowres:3", (1, 8, 9), "8x9 is not divisible by 3"),  # the height alone
+    ],
+)
+def test_malformed_conditions_are_refused(condition: str, shape: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        context_shape(condition, shape)
 
 
 def test_condition_shapes() -> None:
@@ -106,6 +119,13 @@ def test_resize_is_bilinear_up_and_area_averaged_down() -> None:
     # weighs input pixels 0, 1, 2 by 0.75, 0.75, 0.25 (normalized by 1.75): 0 0 0 7 -> 0 and 7 * 0.75 / 1.75
     mixed = torch.tensor([[[[0.0, 0.0, 0.0, 7.0]]]])
     assert_close(resize(mixed, (2, 2)), torch.tensor([[[[0.0, 3.0], [0.0, 3.0]]]]))
+    # 4 -> 1 down, 1 -> 3 up: the triangle filter spans all 4 pixels (0.625, 0.875, 0.875, 0.625, over 3):
+    # 0 0 8 0 -> 7/3, where plain bilinear would take the middle two pixels' mean, 4
+    column = torch.tensor([[[[0.0], [0.0], [8.0], [0.0]]]])
+    assert_close(resize(column, (1, 3)), torch.full((1, 1, 1, 3), 7 / 3))
+    # down on one axis, the same size on the other: area averages (the triangle filter would give 1.43, 2.43, ...)
+    tall = torch.tensor([[[[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 9.0]]]])
+    assert_close(resize(tall, (2, 2)), torch.tensor([[[[1.0, 2.0], [5.0, 7.0]]]]))
 
 
 def test_the_context_encoder_computes_the_resized_context_beside_its_learned_channels() -> None:

@@ -43,9 +43,21 @@ def write_test_scores(path: Path, scores: Tensor, examples: Tensor, source: str)
     )
 
 
-def read_test_scores(path: Path) -> tuple[Tensor, Tensor]:
+def read_test_scores(path: Path, image_shape: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """The per-image bits/dim ``(N,)`` and example images ``(M, C, H, W)`` uint8 of a file written by
+    ``write_test_scores``, checked (the file may come from anyone): ``ValueError`` for missing tensors,
+    other shapes or types (examples of another ``image_shape``, where given), no scores, or NaN scores."""
     tensors, _ = load_latents(path)
-    return tensors["bits_per_dim"], tensors["examples"]
+    scores, examples = tensors.get("bits_per_dim"), tensors.get("examples")
+    if scores is None or examples is None:
+        raise ValueError(f"{path} is not a test-scores file: it needs bits_per_dim and examples")
+    if scores.dim() != 1 or not len(scores) or not scores.is_floating_point() or scores.isnan().any():
+        raise ValueError(f"{path}: bits_per_dim must be one number (not NaN) per test image")
+    shape_ok = examples.dim() == 4 and (image_shape is None or tuple(examples.shape[1:]) == tuple(image_shape))
+    if examples.dtype != torch.uint8 or not shape_ok:
+        raise ValueError(f"{path}: the examples must be uint8 images of shape (M, *{image_shape or '(C, H, W)'}), "
+                         f"got {examples.dtype} {tuple(examples.shape)}")  # fmt: skip
+    return scores, examples
 
 
 def build_reference(

@@ -280,7 +280,7 @@ class Explorer:
             scores_path, directions_path = build_reference(model, folder / "demo", dataset, data_dir, progress)
         scores = examples = directions = None
         if scores_path is not None:
-            scores, examples = read_test_scores(scores_path)
+            scores, examples = read_test_scores(scores_path, model.config.image_shape)
         if directions_path is not None:
             try:
                 directions = read_directions(directions_path, model)
