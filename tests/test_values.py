@@ -126,6 +126,10 @@ def test_resize_is_bilinear_up_and_area_averaged_down() -> None:
     # down on one axis, the same size on the other: area averages (the triangle filter would give 1.43, 2.43, ...)
     tall = torch.tensor([[[[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 9.0]]]])
     assert_close(resize(tall, (2, 2)), torch.tensor([[[[1.0, 2.0], [5.0, 7.0]]]]))
+    wide = torch.tensor([[[[0.0, 2.0, 4.0, 8.0], [2.0, 2.0, 2.0, 6.0]]]])
+    assert_close(resize(wide, (2, 2)), torch.tensor([[[[1.0, 6.0], [2.0, 4.0]]]]))
+    # 4 -> 3 columns: area bins [0, 2), [1, 3), [2, 4) over the column means 1, 2, 3, 7
+    assert_close(resize(wide, (1, 3)), torch.tensor([[[[1.5, 2.5, 5.0]]]]))
 
 
 def test_the_context_encoder_computes_the_resized_context_beside_its_learned_channels() -> None:
