@@ -234,31 +234,35 @@ def test_the_figure_columns_are_context_bicubic_samples_and_truth(monkeypatch) -
     assert torch.equal(grid[:, 6], truth)
 
 
-def test_bicubic_upsampling_of_a_ramp() -> None:
-    from glowtorch.superres import bicubic_upsample
-
-    # PyTorch's bicubic (A = -0.75, edges clamped): 0 100 -> 4 pixels at source positions -0.25, 0.25, 0.75, 1.25
-    up = bicubic_upsample(u8([[0, 100]]), (1, 4))
+def bicubic_by_hand(values: list[float], size: int) -> list[int]:
+    """One row upsampled to ``size`` pixels as PyTorch's bicubic does it (A = -0.75, half-pixel centres,
+    edge pixels repeated), rounded and clamped to 0..255."""
     a = -0.75
 
-    def weights(t: float) -> list[float]:
-        def near(x: float) -> float:
-            return ((a + 2) * x - (a + 3)) * x * x + 1
+    def near(x: float) -> float:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
 
-        def far(x: float) -> float:
-            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    def far(x: float) -> float:
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
-        return [far(t + 1), near(t), near(1 - t), far(2 - t)]
-
-    def at(position: float) -> float:
+    out = []
+    for i in range(size):
+        position = (i + 0.5) * len(values) / size - 0.5
         base = int(torch.floor(torch.tensor(position)).item())
         t = position - base
-        values = [0.0, 100.0]
-        pick = [values[min(max(base + k, 0), 1)] for k in (-1, 0, 1, 2)]
-        return sum(w * v for w, v in zip(weights(t), pick, strict=True))
+        weights = [far(t + 1), near(t), near(1 - t), far(2 - t)]
+        pick = [values[min(max(base + k, 0), len(values) - 1)] for k in (-1, 0, 1, 2)]
+        out.append(round(min(max(sum(w * v for w, v in zip(weights, pick, strict=True)), 0), 255)))
+    return out
 
-    expected = [round(min(max(at(p), 0), 255)) for p in (-0.25, 0.25, 0.75, 1.25)]
-    assert up[0, 0, 0].tolist() == expected and expected[1] != expected[2]
+
+def test_bicubic_upsampling_by_hand() -> None:
+    from glowtorch.superres import bicubic_upsample
+
+    assert bicubic_upsample(u8([[0, 100]]), (1, 4))[0, 0, 0].tolist() == bicubic_by_hand([0, 100], 4)
+    # a bright edge overshoots past 255 (1.1 x 255 at one pixel): clamped to 255, never wrapped round to 0
+    up = bicubic_upsample(u8([[0, 255, 255, 255]]), (1, 8))[0, 0, 0].tolist()
+    assert up == bicubic_by_hand([0, 255, 255, 255], 8) and up[3:] == [255] * 5
 
 
 # --------------------------------------------------------------------------- OOD
