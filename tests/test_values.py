@@ -6,6 +6,7 @@ one-line change in the computation fails here even where shapes, orders and sign
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -176,15 +177,16 @@ def test_the_superres_report_by_hand(monkeypatch) -> None:
     mode[0, 0, 0, 0] = 16  # one pixel off by 16: MSE 16 * 16 / 16 = 16 -> PSNR 10 log10(255^2 / 16)
     hot = truth.clone()
     hot[0, 0, 0] += 8  # the top row 8 higher: its low-resolution pixels 4 higher -> fidelity (4 + 4) / 4 = 2
-    # diversity at 0.5 from 2 samples: pixel (0, 0) takes 0 and 6, pixel (3, 3) 200 and 202, others agree.
-    # Bessel's correction: std = |a - b| / sqrt(2) -> (6 + 2) / sqrt(2) / 16; the mean of the stds
-    first, second = truth.clone(), truth.clone()
+    # diversity at 0.5 from 3 samples: pixel (0, 0) takes 0, 6, 0 and pixel (3, 3) 200, 202, 200, the others
+    # agree: the mean over the 16 pixels of each one's standard deviation with Bessel's correction
+    first, second, third = truth.clone(), truth.clone(), truth.clone()
     second[0, 0, 0, 0], second[0, 0, 3, 3] = 6, 202
-    scripted_samples(monkeypatch, {0.0: [mode], 0.5: [truth, first, second], 1.0: [hot, hot, hot]})
-    report = superres_report(sr_model(), truth, temperatures=(0.0, 0.5, 1.0), diversity_samples=2)
+    scripted_samples(monkeypatch, {0.0: [mode], 0.5: [truth, first, second, third], 1.0: [hot] * 4})
+    report = superres_report(sr_model(), truth, temperatures=(0.0, 0.5, 1.0), diversity_samples=3)
     assert report["fidelity_mae"] == {"0": pytest.approx(1.0), "0.5": 0.0, "1": pytest.approx(2.0)}  # mode: 16/4
     assert report["psnr_mode"] == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / 16)).item())
-    assert report["diversity"]["0.5"] == pytest.approx((6 + 2) / 2**0.5 / 16)
+    spread = statistics.stdev([0, 6, 0]) + statistics.stdev([200, 202, 200])
+    assert report["diversity"]["0.5"] == pytest.approx(spread / 16)
     assert report["diversity"]["1"] == 0.0
     # bicubic upsampling of a context of flat 2x2 blocks: exact in the middle, PSNR finite and the same as here
     bicubic = F.interpolate(lowres_images(truth, 2).double(), size=(4, 4), mode="bicubic", align_corners=False)
