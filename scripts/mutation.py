@@ -35,12 +35,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# module -> the tests that check it
+# module -> the tests that check it, fast and targeted first (a file or a pytest node id)
 MODULES: dict[str, list[str]] = {
     "glowtorch.context": ["tests/test_values.py", "tests/test_conditional.py"],
     "glowtorch.superres": ["tests/test_values.py", "tests/test_conditional.py"],
     "glowtorch.ood": ["tests/test_values.py", "tests/test_ood.py"],
     "glowtorch.convert": ["tests/test_values.py", "tests/test_convert.py"],
+    "glowtorch.class_prior": [
+        "tests/test_model.py::test_fit_class_prior_is_each_class_top_latent_mean_and_std_and_raises_the_likelihood",
+        "tests/test_conditional_cli.py",
+    ],
+    "glowtorch.reference": ["tests/test_units.py", "tests/test_demo.py", "tests/test_pretrained.py"],
+    "glowtorch.files": ["tests/test_units.py", "tests/test_bad_input.py", "tests/test_store.py"],
+    "glowtorch.precision": ["tests/test_units.py", "tests/test_precision.py"],
+    "glowtorch.train.schedule": ["tests/test_units.py", "tests/test_reliability.py"],
+    "glowtorch.demo.explorer": ["tests/test_demo.py"],
+    "glowtorch.data.image_files": ["tests/test_units.py", "tests/test_data.py", "tests/test_bad_input.py"],
 }
 
 METHOD_SWAPS = {

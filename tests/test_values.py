@@ -337,6 +337,49 @@ def test_the_synthetic_sets_by_hand(two_models) -> None:
     assert len(load_ood_set("noise", model, 3000)[1]) == 2000 and len(load_ood_set("black", model)[1]) == 2000
 
 
+def test_each_synthetic_set_is_its_recipe_drawn_from_the_seed(two_models) -> None:
+    from glowtorch.ood import load_ood_set
+    from glowtorch.preprocess import to_uint8
+
+    model = two_models[0]
+
+    def drawn(seed: int = 4) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    noise = torch.randint(0, 256, (5, 1, 8, 8), generator=drawn())  # uniform over 0..255
+    assert torch.equal(load_ood_set("noise", model, 5, seed=4)[1], noise.to(torch.uint8))
+    levels = torch.randint(0, 256, (5, 1, 1, 1), generator=drawn())  # one grey level per image
+    assert torch.equal(load_ood_set("constant", model, 5, seed=4)[1], levels.expand(5, 1, 8, 8).to(torch.uint8))
+    coarse = torch.rand(5, 1, 4, 4, generator=drawn()) * 63  # 4x4 noise in 0..63, bilinear to 8x8, rounded
+    smooth = F.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    assert torch.equal(load_ood_set("smooth", model, 5, seed=4)[1], smooth)
+    with torch.no_grad():
+        samples = to_uint8(model.sample(5, 1.0, generator=drawn()))  # the model's own, at temperature 1
+    assert torch.equal(load_ood_set("samples", model, 5, seed=4)[1], samples)
+    assert torch.equal(load_ood_set("black", model, 5)[1], torch.zeros(5, 1, 8, 8, dtype=torch.uint8))
+    for name in ("noise", "constant", "smooth", "black"):
+        assert len(load_ood_set(name, model, 2001)[1]) == 2000  # made sets stop at 2,000 images
+        assert len(load_ood_set(name, model)[1]) == 2000
+
+
+def test_a_dataset_set_takes_its_first_10000_test_images_unless_limited(two_models, monkeypatch) -> None:
+    import glowtorch.ood as ood
+    from glowtorch.data import Dataset
+
+    many = torch.arange(10005, dtype=torch.int64).remainder(256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+    asked = []
+
+    def load(name, data_dir, train, channels):
+        asked.append((name, data_dir, train, channels))
+        return Dataset(many.contiguous(), None)
+
+    monkeypatch.setattr(ood, "load_dataset", load)
+    images = ood.load_ood_set("mine=some/folder", two_models[0])[1]
+    assert len(images) == 10000 and torch.equal(images, many[:10000])
+    assert asked == [("mine", "some/folder", False, 1)]  # the test split
+    assert len(ood.load_ood_set("mine", two_models[0], 7)[1]) == 7
+
+
 def test_metrics_on_overlapping_scores_by_hand() -> None:
     from glowtorch.ood import aupr, auroc, fpr_at_tpr
 
@@ -348,6 +391,28 @@ def test_metrics_on_overlapping_scores_by_hand() -> None:
     assert fpr_at_tpr(inliers, outliers) == 0.5  # flagging all four outliers needs threshold 3: inliers 3, 4
     assert fpr_at_tpr(inliers, outliers, tpr=0.5) == 0.0  # two outliers: threshold 5
     assert fpr_at_tpr(inliers, outliers, tpr=0.75) == 0.25  # three: threshold 4, inlier 4 flagged
+
+
+def test_complexity_is_the_size_of_the_smallest_png_pil_writes() -> None:
+    import io
+
+    from PIL import Image
+
+    from glowtorch.ood import png_bits_per_dim
+
+    generator = torch.Generator().manual_seed(3)
+    # a noisy ramp, whose PNG is 2,611 bytes with optimize=True and 2,685 without
+    ramp = (torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 20).to(torch.uint8)
+    ramp += torch.arange(64).view(1, 1, 1, 64).to(torch.uint8)
+    noisy = torch.randint(0, 256, (1, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    sizes = []
+    for image in (ramp, noisy):
+        array = image[0].permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, "PNG", compress_level=9,
+                                                                              optimize=True)  # fmt: skip
+        sizes.append(8.0 * len(buffer.getvalue()) / image.numel())
+    assert png_bits_per_dim(ramp).tolist() + png_bits_per_dim(noisy).tolist() == sizes
 
 
 def test_nan_and_infinite_scores_sort_as_the_most_out_of_distribution() -> None:
