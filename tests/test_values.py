@@ -380,6 +380,21 @@ def test_a_dataset_set_takes_its_first_10000_test_images_unless_limited(two_mode
     assert len(ood.load_ood_set("mine", two_models[0], 7)[1]) == 7
 
 
+def test_typical_images_are_a_seeded_draw_from_the_training_split(two_models, monkeypatch) -> None:
+    import glowtorch.ood as ood
+    from glowtorch.data import Dataset
+
+    train = torch.arange(50, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    asked = []
+    monkeypatch.setattr(ood, "load_dataset", lambda *a, **k: asked.append((a, k)) or Dataset(train, None))
+    chosen = ood.typical_images("mine=my/folder", two_models[0], count=6, seed=3)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(3))[:6]
+    assert chosen.shape == (6, 1, 8, 8) and chosen[:, 0, 0, 0].tolist() == order.tolist()  # 4x4 -> 8x8, flat
+    assert asked == [(("mine", "my/folder"), {"train": True, "channels": 1})]
+    ood.typical_images("mine", two_models[0], count=6)
+    assert asked[-1][0] == ("mine", None)
+
+
 def test_metrics_on_overlapping_scores_by_hand() -> None:
     from glowtorch.ood import aupr, auroc, fpr_at_tpr
 

@@ -177,7 +177,7 @@ def _fit_to_model(images: Tensor, name: str, model: Glow) -> Tensor:
     channels, height, width = model.config.image_shape
     if images.shape[1] != channels:
         raise DataError(f"{name} images have {images.shape[1]} channel(s), the model expects {channels}")
-    return resize_images(images, (height, width)) if tuple(images.shape[2:]) != (height, width) else images
+    return resize_images(images, (height, width))  # images of the model's size come back as they are
 
 
 def typical_images(spec: str, model: Glow, count: int = 2000, seed: int = 0) -> Tensor:
