@@ -1,0 +1,235 @@
+"""Hand-computed values for the small helpers every command leans on: file writing (``files``), the
+learning-rate schedule (``train.schedule``) and the precision choice (``precision``). Each case is small
+enough to work out on paper, including the boundaries (exactly at a threshold, one past it)."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from glowtorch import files
+from glowtorch.files import (
+    append_line,
+    atomic_write,
+    current_umask,
+    disk_full,
+    ensure_writable_dir,
+    exclusive_temp,
+    first_line,
+    remove_stale_temps,
+)
+
+
+# --------------------------------------------------------------------------- files
+def test_first_line_of_an_error() -> None:
+    assert first_line(ValueError("one\ntwo")) == "one"
+    assert first_line(ValueError("  \n  padded\nmore")) == "padded"
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(OSError(errno.ENOSPC, "cannot write x: the disk is full")) == "cannot write x: the disk is full"
+    with_file = OSError(errno.ENOENT, "No such file or directory", "a.txt")  # Python's own: its text as it is
+    assert first_line(with_file) == "[Errno 2] No such file or directory: 'a.txt'"
+    assert first_line(OSError("plain")) == "plain"
+
+
+def test_an_exclusive_temporary_is_new_private_and_named_as_glowtorchs(tmp_path) -> None:
+    a, b = exclusive_temp(tmp_path / "grid.png"), exclusive_temp(tmp_path / "grid.png")
+    assert a != b and a.parent == tmp_path and a.read_bytes() == b""
+    assert re.fullmatch(r"\.grid\.png\.glowtorch-tmp-[a-z0-9_]{8}", a.name)
+    assert a.stat().st_mode & 0o777 == 0o600
+
+
+def test_only_glowtorchs_own_temporaries_are_removed(tmp_path) -> None:
+    ours = [tmp_path / ".a.png.glowtorch-tmp-abcd_123", tmp_path / ".b.glowtorch-tmp-zzzzzzzz"]
+    theirs = [
+        tmp_path / ".a.png.glowtorch-tmp-abcd123",  # 7 characters
+        tmp_path / ".a.png.glowtorch-tmp-abcd12345",  # 9
+        tmp_path / ".a.png.glowtorch-tmp-ABCD1234",  # capitals
+        tmp_path / "a.png.glowtorch-tmp-abcd1234",  # not hidden
+        tmp_path / "..glowtorch-tmp-abcd1234",  # no name
+        tmp_path / ".thesis.tmpl",
+    ]
+    for path in ours + theirs:
+        path.write_text("x")
+    (tmp_path / ".c.glowtorch-tmp-folder12").mkdir()
+    (tmp_path / ".d.glowtorch-tmp-link1234").symlink_to(theirs[0])
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(ours)
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
+    assert (tmp_path / ".c.glowtorch-tmp-folder12").is_dir() and (tmp_path / ".d.glowtorch-tmp-link1234").is_symlink()
+    assert remove_stale_temps(tmp_path) == []
+
+
+def test_an_atomic_write_gets_the_umask_mode_and_a_failed_one_changes_nothing(tmp_path) -> None:
+    target = tmp_path / "out.txt"
+    old = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027 and current_umask() == 0o027  # reading it leaves it as it was
+        atomic_write(target, lambda p: Path(p).write_text("first"))
+    finally:
+        os.umask(old)
+    assert target.read_text() == "first" and target.stat().st_mode & 0o777 == 0o640
+
+    def broken(p: Path) -> None:
+        Path(p).write_text("half")
+        raise RuntimeError("the writer failed")
+
+    with pytest.raises(RuntimeError, match="the writer failed"):
+        atomic_write(target, broken)
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+    def full(p: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=f"cannot write {re.escape(str(target))}: the disk is full"):
+        atomic_write(target, full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_link_at_the_destination_is_replaced_not_written_through(tmp_path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("keep")
+    (tmp_path / "out.txt").symlink_to(secret)
+    atomic_write(tmp_path / "out.txt", lambda p: Path(p).write_text("new"))
+    assert secret.read_text() == "keep" and not (tmp_path / "out.txt").is_symlink()
+    assert (tmp_path / "out.txt").read_text() == "new"
+
+
+def test_what_counts_as_a_full_disk(tmp_path, monkeypatch) -> None:
+    assert disk_full(OSError(errno.ENOSPC, "x")) and disk_full(OSError(errno.EDQUOT, "x"))
+    assert not disk_full(OSError(errno.EACCES, "x")) and not disk_full(RuntimeError("unexpected pos"))
+    try:
+        raise RuntimeError("wrapped") from OSError(errno.ENOSPC, "x")
+    except RuntimeError as error:
+        assert disk_full(error)
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "x")
+        except OSError:
+            raise ValueError("while handling") from None
+    except ValueError as error:  # "from None" hides the context from a reader, not from disk_full
+        assert disk_full(error)
+    assert disk_full(RuntimeError("write failed: No space left on device"))
+    assert disk_full(ValueError("StorageFull: 0 bytes"))
+
+    class Stats:
+        f_frsize = 4096
+
+        def __init__(self, blocks: int) -> None:
+            self.f_bavail = blocks
+
+    limit_blocks = files.NEARLY_FULL_BYTES // 4096  # exactly at the limit: not full; one block less: full
+    monkeypatch.setattr(files.os, "statvfs", lambda folder: Stats(limit_blocks))
+    assert not disk_full(RuntimeError("unexpected pos"), tmp_path)
+    monkeypatch.setattr(files.os, "statvfs", lambda folder: Stats(limit_blocks - 1))
+    assert disk_full(RuntimeError("unexpected pos"), tmp_path)
+    assert not disk_full(RuntimeError("unexpected pos"))  # no folder: only the error itself counts
+
+
+def test_appending_a_line_never_leaves_half_of_one(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "metrics.jsonl"
+    append_line(path, '{"step": 1}')
+    append_line(path, '{"step": 2}')
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", no_space)
+    with pytest.raises(OSError, match="the disk is full"):
+        append_line(path, '{"step": 3}')
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_folder_that_cannot_hold_files_is_one_line(tmp_path) -> None:
+    assert ensure_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    assert list((tmp_path / "a" / "b").iterdir()) == []  # the probe leaves nothing behind
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot write to .*file/sub .*choose another output directory"):
+        ensure_writable_dir(tmp_path / "file" / "sub")
+
+
+# --------------------------------------------------------------------------- the learning-rate schedule
+def test_the_learning_rate_by_hand() -> None:
+    from glowtorch.train import TrainConfig
+    from glowtorch.train.schedule import learning_rate
+
+    warm = TrainConfig(lr=1e-3, warmup_steps=4, steps=1000)
+    assert [learning_rate(warm, s) for s in (0, 1, 3, 4, 100)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert learning_rate(TrainConfig(lr=1e-3, warmup_steps=0, steps=1000), 0) == 1e-3
+    assert learning_rate(warm, 3, scale=0.5) == pytest.approx(5e-4)
+    # cosine from the end of warmup (step 4) to 0 at step 12: halfway (step 8) is half the rate
+    decay = TrainConfig(lr=1e-3, warmup_steps=4, decay_steps=12, steps=1000)
+    values = [learning_rate(decay, s) for s in (3, 4, 6, 8, 10, 12, 20)]
+    cosine = [0.5 * (1 + math.cos(math.pi * p)) for p in (0, 0, 0.25, 0.5, 0.75, 1, 1)]
+    assert values == pytest.approx([1e-3 * c for c in cosine], abs=1e-15)
+    short = TrainConfig(lr=1e-3, warmup_steps=4, decay_steps=5, steps=1000)  # one step of decay: 1, then 0
+    assert [learning_rate(short, s) for s in (4, 5)] == pytest.approx([1e-3, 0.0], abs=1e-18)
+
+
+def test_the_resume_warning_threshold() -> None:
+    from glowtorch.train import TrainConfig
+    from glowtorch.train.schedule import learning_rate_warning
+
+    saved = TrainConfig(lr=1e-3, warmup_steps=0, decay_steps=100, steps=1000)  # at step 50: 5e-4
+    assert learning_rate_warning(saved, saved, 50) is None
+    double = TrainConfig(lr=2e-3, warmup_steps=0, decay_steps=100, steps=1000)  # 1e-3: exactly twice, within the margin
+    assert learning_rate_warning(saved, double, 50) is None
+    higher = TrainConfig(lr=2.2e-3, warmup_steps=0, decay_steps=100, steps=1000)  # 1.1e-3 > 2 x 5e-4 + 1e-3 x 2.2e-3
+    message = learning_rate_warning(saved, higher, 50)
+    assert message is not None and "from 0.0005 to 0.0011" in message and "at step 50" in message
+    longer = TrainConfig(lr=1e-3, warmup_steps=0, decay_steps=1000, steps=1000)  # the same lr, a later decay: 9.8e-4
+    assert learning_rate_warning(saved, longer, 90) is not None  # saved: 2.4e-5 at step 90
+
+
+def test_the_paced_decay_by_hand() -> None:
+    from glowtorch.train.schedule import paced_decay_steps
+
+    # 10 steps/s for 100 s: 1000 steps; evaluating 300 images every 100 steps of batch 10 costs 300 / 3000 = 0.1
+    assert paced_decay_steps(40, 10.0, 100.0, 100, 300, 10) == 40 + int(1000 / 1.1)
+    assert paced_decay_steps(40, 10.0, 100.0, 0, 300, 10) == 1040  # no evaluations
+    assert paced_decay_steps(40, 10.0, 0.0, 100, 300, 10) == 41  # no time left: one step on
+
+
+def test_the_decay_pacer_times_steps_from_a_fifth_of_warmup(monkeypatch) -> None:
+    from glowtorch.train import TrainConfig, schedule
+
+    now = [100.0]
+    monkeypatch.setattr(schedule, "clock", lambda: now[0])
+    config = TrainConfig(warmup_steps=20, decay_steps="auto", max_minutes=1.0, batch_size=10)
+    pacer = schedule.DecayPacer(config)
+    assert pacer.after_step(3, 0.0, 0, 0) is None and pacer.started is None  # before 20 // 5 = 4
+    assert pacer.after_step(4, 0.0, 0, 0) is None and pacer.started == (4, 100.0)
+    now[0] = 110.0
+    assert pacer.after_step(19, 10.0, 0, 0) is None  # still warming up
+    now[0] = 116.0  # 16 steps (4 -> 20) in 16 s: 1 step/s; 60 - 12 = 48 s left
+    assert pacer.after_step(20, 12.0, 0, 0) == (68, 1.0, 48.0)
+    now[0] = 120.0  # 20 steps in 20 s, past the budget: no time left, one step on
+    assert pacer.after_step(24, 70.0, 0, 0) == (25, 1.0, 0.0)
+    late = schedule.DecayPacer(config)
+    assert late.after_step(5, 0.0, 0, 0) is None and late.started == (5, 120.0)  # a resume past 4: from there
+
+
+# --------------------------------------------------------------------------- the precision choice
+def test_the_precision_choice_by_hand() -> None:
+    from glowtorch.precision import PrecisionChoice, choose, paired_speedups
+
+    assert choose(100.0, 120.0) == "bfloat16"  # exactly x1.2
+    assert choose(100.0, 119.9) == "float32"
+    assert choose(100.0, 200.0, speedup_low=1.19) == "float32"  # the lower quartile decides too
+    assert choose(100.0, 200.0, speedup_low=1.2) == "bfloat16"
+    assert choose(100.0, 110.0, speedup_low=5.0) == "float32"  # and the median ratio
+    assert choose(100.0, 150.0, speedup_needed=1.6) == "float32"
+    # ratios 1, 2, 3, 4, 5: the inclusive lower quartile is 2
+    assert paired_speedups([1.0, 2.0, 3.0, 4.0, 5.0], [1.0] * 5) == 2.0
+    assert paired_speedups([2.0, 4.0, 6.0, 8.0, 10.0, 1.0], [2.0] * 5 + [0.0]) == 2.0  # a zero time is dropped
+    assert paired_speedups([1.0] * 4, [1.0] * 4) == 0.0  # fewer than 5 pairs decide nothing
+    choice = PrecisionChoice("bfloat16", "auto", 500.0, 1000.0, 1.9)
+    assert choice.summary() == ("precision bfloat16 (auto: coupling-network convolutions at 1000 GFLOP/s in "
+                                "bfloat16, 500 in float32, x2.00, x1.90 in 3 of 4 paired runs)")  # fmt: skip
+    assert PrecisionChoice("float32", "asked").summary() == "precision float32 (asked)"
+    assert choice.record() == {"precision": "bfloat16", "precision_how": "auto", "probe_float32_gflops": 500.0,
+                               "probe_bfloat16_gflops": 1000.0, "probe_speedup_low": 1.9}  # fmt: skip
