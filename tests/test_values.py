@@ -395,6 +395,45 @@ def test_typical_images_are_a_seeded_draw_from_the_training_split(two_models, mo
     assert asked[-1][0] == ("mine", None)
 
 
+def test_the_batch_test_needs_two_whole_batches_per_set(two_models) -> None:
+    from glowtorch.ood import load_ood_set, ood_report
+
+    model = two_models[0]
+    name, images = load_ood_set("noise", model, 9)
+    train = images[:2]
+    report = ood_report(model, (name, images[:8]), [("black", images[:8] * 0)], train, batch_size=4)  # exactly 2
+    assert "typicality_batch4" in report.metrics["black"]
+    with pytest.raises(ValueError, match="noise has 7 images: the batch typicality test needs at least 8"):
+        ood_report(model, (name, images[:7]), [("black", images[:8] * 0)], train, batch_size=4)
+    assert (
+        "typicality_batch1"
+        in ood_report(model, (name, images[:2]), [("b", images[:2] * 0)], train, batch_size=1).metrics["b"]
+    )
+    with pytest.raises(ValueError, match="batch size must be at least 1"):
+        ood_report(model, (name, images), [("b", images)], train, batch_size=0)
+
+
+def test_the_report_files_by_hand(tmp_path) -> None:
+    import csv
+
+    from glowtorch.ood import OODReport
+
+    scores = {
+        "test": {"bpd": torch.tensor([1.0, 2.0]), "likelihood_ratio": torch.tensor([0.5, -0.25])},
+        "noise": {"bpd": torch.tensor([8.125])},  # no likelihood ratio for this set: an empty cell
+    }
+    metrics = {"noise": {"bpd": {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}}}
+    folder = OODReport("test", 1.5, 2, scores, metrics).write(tmp_path / "new" / "report")  # parents made
+    with open(folder / "scores.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["set", "index", "bpd", "likelihood_ratio"], ["test", "0", "1.000000", "0.500000"],
+                    ["test", "1", "2.000000", "-0.250000"], ["noise", "0", "8.125000", ""]]  # fmt: skip
+    summary = json.loads((folder / "metrics.json").read_text())
+    assert summary == {"in_set": "test", "typical_bpd": 1.5, "batch_size": 2, "metrics": metrics}
+    assert (folder / "metrics.md").read_text().splitlines()[2] == "| noise | bpd | 1.000 | 1.000 | 0.000 |"
+    assert {p.name for p in folder.glob("hist_*.png")} == {"hist_bpd.png", "hist_likelihood_ratio.png"}
+
+
 def test_metrics_on_overlapping_scores_by_hand() -> None:
     from glowtorch.ood import aupr, auroc, fpr_at_tpr
 
@@ -454,3 +493,33 @@ def test_a_y0ast_models_bits_come_from_its_hparams() -> None:
     hparams = json.loads((FIXTURES / f"{name}_hparams.json").read_text())
     assert y0ast_config(state, {**hparams, "n_bits": 5}).n_bits == 5
     assert y0ast_config(state, {k: v for k, v in hparams.items() if k != "n_bits"}).n_bits == 8
+
+
+class _Payload:
+    """A pickle that would create ``marker`` when loaded with code execution allowed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_port_checkpoint_is_read_as_tensors_only(tmp_path) -> None:
+    from glowtorch.convert import ConversionError, load_port_checkpoint
+
+    marker = tmp_path / "ran"
+    torch.save({"model": {"w": torch.ones(1)}, "extra": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ConversionError, match="not a PyTorch checkpoint of tensors"):
+        load_port_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.save({"a": torch.ones(1), "b": 3}, tmp_path / "mixed.pt")
+    with pytest.raises(ConversionError, match="holds no state_dict"):
+        load_port_checkpoint(tmp_path / "mixed.pt")
+    torch.save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(ConversionError, match="holds no state_dict"):
+        load_port_checkpoint(tmp_path / "list.pt")
+    torch.save({"state_dict": {"module.w": torch.ones(2)}}, tmp_path / "wrapped.pt")
+    assert list(load_port_checkpoint(tmp_path / "wrapped.pt")) == ["w"]
+    with pytest.raises(ConversionError, match="not found"):
+        load_port_checkpoint(tmp_path / "missing.pt")
