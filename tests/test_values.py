@@ -357,7 +357,7 @@ def test_each_synthetic_set_is_its_recipe_drawn_from_the_seed(two_models) -> Non
         samples = to_uint8(model.sample(5, 1.0, generator=drawn()))  # the model's own, at temperature 1
     assert torch.equal(load_ood_set("samples", model, 5, seed=4)[1], samples)
     assert torch.equal(load_ood_set("black", model, 5)[1], torch.zeros(5, 1, 8, 8, dtype=torch.uint8))
-    for name in ("noise", "constant", "smooth", "black"):
+    for name in ("noise", "constant", "smooth", "black", "samples"):
         assert len(load_ood_set(name, model, 2001)[1]) == 2000  # made sets stop at 2,000 images
         assert len(load_ood_set(name, model)[1]) == 2000
 
@@ -523,3 +523,12 @@ def test_a_port_checkpoint_is_read_as_tensors_only(tmp_path) -> None:
     assert list(load_port_checkpoint(tmp_path / "wrapped.pt")) == ["w"]
     with pytest.raises(ConversionError, match="not found"):
         load_port_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_rosinality_model_keeps_learning_its_top_prior() -> None:
+    from glowtorch.convert import load_port_checkpoint, rosinality_config
+
+    state = load_port_checkpoint(FIXTURES / "rosinality_affine_lu_gray.pt")
+    config = rosinality_config(state, 8, 5)
+    assert config.learn_top and config.coupling_network == "bias" and config.zero_conv_padding == 1.0
+    assert (config.image_shape, config.n_bits, config.permutation) == ((1, 8, 8), 5, "lu")
