@@ -6,6 +6,7 @@ one-line change in the computation fails here even where shapes, orders and sign
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -532,3 +533,15 @@ def test_a_rosinality_model_keeps_learning_its_top_prior() -> None:
     config = rosinality_config(state, 8, 5)
     assert config.learn_top and config.coupling_network == "bias" and config.zero_conv_padding == 1.0
     assert (config.image_shape, config.n_bits, config.permutation) == ((1, 8, 8), 5, "lu")
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5])
+def test_a_rosinality_actnorm_scale_at_or_below_zero_is_refused(bad: float) -> None:
+    from glowtorch.convert import ConversionError, from_rosinality, load_port_checkpoint
+
+    state = load_port_checkpoint(FIXTURES / "rosinality_affine_lu_gray.pt")
+    key = "blocks.0.flows.1.actnorm.scale"
+    state[key] = state[key].clone()
+    state[key].view(-1)[1] = bad  # one channel of one step
+    with pytest.raises(ConversionError, match=f"{re.escape(key)} has values <= 0"):
+        from_rosinality(state, 8, 5)
