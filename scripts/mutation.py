@@ -49,6 +49,7 @@ MODULES: dict[str, list[str]] = {
     "glowtorch.files": ["tests/test_units.py", "tests/test_bad_input.py", "tests/test_store.py"],
     "glowtorch.precision": ["tests/test_units.py", "tests/test_precision.py"],
     "glowtorch.train.schedule": ["tests/test_units.py", "tests/test_reliability.py"],
+    "glowtorch.train.diagnostics": ["tests/test_units.py", "tests/test_distributed.py"],
     "glowtorch.demo.explorer": ["tests/test_demo.py"],
     "glowtorch.data.image_files": ["tests/test_units.py", "tests/test_data.py", "tests/test_bad_input.py"],
 }

@@ -233,3 +233,58 @@ def test_the_precision_choice_by_hand() -> None:
     assert PrecisionChoice("float32", "asked").summary() == "precision float32 (asked)"
     assert choice.record() == {"precision": "bfloat16", "precision_how": "auto", "probe_float32_gflops": 500.0,
                                "probe_bfloat16_gflops": 1000.0, "probe_speedup_low": 1.9}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- training diagnostics
+def test_the_progress_line_by_hand() -> None:
+    from glowtorch.train.diagnostics import progress_line
+
+    metrics = {"step": 100, "epoch": 0.5, "train_bpd_mean": 2.0504, "test_bpd": 1.9012, "test_bpd_median": 1.931,
+               "train_images_per_s": 354.4, "elapsed_s": 171.0}  # fmt: skip
+    assert progress_line(metrics, max_steps=400) == (
+        "step 100 | epoch 0.5 | train 2.050 | test 1.901 bits/dim (median 1.931) | 354 img/s | 2:51 elapsed, ~8:33 left"
+    )  # 171 s per 100 steps, 300 steps left: 513 s
+    assert progress_line(metrics, max_steps=400, max_minutes=5.0).endswith("2:51 elapsed, ~2:09 left")  # the sooner
+    assert progress_line(metrics, max_minutes=2.0).endswith("2:51 elapsed, ~0:00 left")  # past the budget
+    hours = {**metrics, "elapsed_s": 3725.0, "train_bpd": 3.0, "baseline_bpd": 1.5, "test_accuracy": 0.25}
+    del hours["train_bpd_mean"], hours["test_bpd"]
+    assert (
+        progress_line(hours)
+        == "step 100 | epoch 0.5 | train 3.000 | baseline 1.500 | accuracy 0.250 | 354 img/s | 1:02:05 elapsed"
+    )
+    assert progress_line({**metrics, "step": 0}, max_steps=400).endswith("| 2:51 elapsed")  # no rate yet
+
+
+def test_a_training_window_by_hand() -> None:
+    from glowtorch.train.diagnostics import StepRecord, TrainingWindow
+
+    window = TrainingWindow()
+    assert window.summary() == {}
+    window.add(StepRecord(1, 2.0, 5.0, 17, 0, 0.5), clip=1.0)
+    window.add(StepRecord(2, 4.0, 12.0, 3, 2, 1.0), clip=1.0)  # exactly at the clip: not clipped
+    window.add(StepRecord(3, 3.0, 11.0, 9, 1, 1.5), clip=1.0)
+    window.add(StepRecord(4, 4.0, 12.0, 8, 0, 0.25), clip=1.0)  # ties keep the first
+    assert window.summary() == {
+        "train_bpd_mean": 13.0 / 4, "train_bpd_worst_batch": 4.0, "train_worst_step": 2,
+        "train_worst_image_bpd": 12.0, "train_worst_image": 3, "train_worst_image_step": 2,
+        "train_images_above_10": 3, "grad_norm_max": 1.5, "clipped_steps": 1,
+    }  # fmt: skip
+    unclipped = TrainingWindow()
+    unclipped.add(StepRecord(1, -1.0, -1.0, 0, 0, 9.0), clip=0.0)  # no clipping asked: none counted
+    assert unclipped.summary()["clipped_steps"] == 0 and unclipped.summary()["train_bpd_worst_batch"] == -1.0
+
+
+def test_a_step_record_gathered_on_one_process() -> None:
+    import torch
+
+    from glowtorch.distributed import Distributed
+    from glowtorch.train.diagnostics import OUTLIER_BPD, gather_step_record
+
+    single = Distributed()
+    per_image = torch.tensor([1.0, OUTLIER_BPD, 12.5, 3.0])  # exactly 10 is not an outlier
+    record = gather_step_record(7, per_image, torch.tensor([40, 41, 42, 43]), torch.tensor(0.75), single)
+    assert (record.step, record.bpd, record.worst_image_bpd, record.worst_image, record.outliers) == (
+        7, pytest.approx(26.5 / 4), 12.5, 42, 1)  # fmt: skip
+    assert record.grad_norm == 0.75
+    assert gather_step_record(7, torch.tensor([1.0, float("nan")]), torch.tensor([0, 1]), torch.tensor(1.0),
+                              single) is None  # fmt: skip
