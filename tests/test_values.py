@@ -545,3 +545,24 @@ def test_a_rosinality_actnorm_scale_at_or_below_zero_is_refused(bad: float) -> N
     state[key].view(-1)[1] = bad  # one channel of one step
     with pytest.raises(ConversionError, match=f"{re.escape(key)} has values <= 0"):
         from_rosinality(state, 8, 5)
+
+
+def test_what_is_not_a_y0ast_glow_is_refused_by_name() -> None:
+    from glowtorch.convert import ConversionError, load_port_checkpoint, y0ast_config
+
+    state = load_port_checkpoint(FIXTURES / "y0ast_affine_reverse_gray.pt")
+    hparams = json.loads((FIXTURES / "y0ast_affine_reverse_gray_hparams.json").read_text())
+    without_prior = {k: v for k, v in state.items() if k != "prior_h"}
+    with pytest.raises(ConversionError, match="not a y0ast/Glow-PyTorch checkpoint"):
+        y0ast_config(without_prior, hparams)
+    without_flow = {k: v for k, v in state.items() if not k.startswith("flow.layers.")}
+    with pytest.raises(ConversionError, match="not a y0ast/Glow-PyTorch checkpoint"):
+        y0ast_config(without_flow, hparams)
+    no_steps = {k: v for k, v in state.items() if not k.endswith("actnorm.bias")}
+    with pytest.raises(ConversionError, match="0 flow steps do not divide"):
+        y0ast_config(no_steps, hparams)
+    first = sorted(k for k in state if k.endswith("actnorm.bias"))[0]
+    one_less = {k: v for k, v in state.items() if k != first}  # steps no longer a multiple of the levels
+    config = y0ast_config(state, hparams)
+    with pytest.raises(ConversionError, match=f"{config.levels * config.depth - 1} flow steps do not divide"):
+        y0ast_config(one_less, hparams)
