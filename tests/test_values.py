@@ -566,3 +566,15 @@ def test_what_is_not_a_y0ast_glow_is_refused_by_name() -> None:
     config = y0ast_config(state, hparams)
     with pytest.raises(ConversionError, match=f"{config.levels * config.depth - 1} flow steps do not divide"):
         y0ast_config(one_less, hparams)
+
+
+@pytest.mark.parametrize("key", ["prior_h", "flow.layers.1.block.0.conv.weight"])
+def test_a_y0ast_tensor_that_is_not_4d_is_named(key: str) -> None:
+    from glowtorch.convert import ConversionError, load_port_checkpoint, y0ast_config
+
+    state = load_port_checkpoint(FIXTURES / "y0ast_affine_reverse_gray.pt")
+    hparams = json.loads((FIXTURES / "y0ast_affine_reverse_gray_hparams.json").read_text())
+    assert state[key].dim() == 4
+    state[key] = torch.zeros(8)
+    with pytest.raises(ConversionError, match=re.escape(f"{key} is (8,), not a 4-d tensor")):
+        y0ast_config(state, hparams)
