@@ -128,6 +128,12 @@ def test_what_counts_as_a_full_disk(tmp_path, monkeypatch) -> None:
     assert disk_full(RuntimeError("unexpected pos"), tmp_path)
     assert not disk_full(RuntimeError("unexpected pos"))  # no folder: only the error itself counts
 
+    def unreadable(folder):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(files.os, "statvfs", unreadable)
+    assert not disk_full(RuntimeError("unexpected pos"), tmp_path)  # the free space unknown: not said to be full
+
 
 def test_appending_a_line_never_leaves_half_of_one(tmp_path, monkeypatch) -> None:
     path = tmp_path / "metrics.jsonl"
@@ -142,6 +148,9 @@ def test_appending_a_line_never_leaves_half_of_one(tmp_path, monkeypatch) -> Non
     with pytest.raises(OSError, match="the disk is full"):
         append_line(path, '{"step": 3}')
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    with pytest.raises(OSError, match="the disk is full"):
+        append_line(tmp_path / "new.jsonl", "{}")  # a first line that fails leaves an empty file
+    assert (tmp_path / "new.jsonl").read_bytes() == b""
 
 
 def test_a_folder_that_cannot_hold_files_is_one_line(tmp_path) -> None:
