@@ -190,6 +190,9 @@ def test_the_resume_warning_threshold() -> None:
     higher = TrainConfig(lr=2.2e-3, warmup_steps=0, decay_steps=100, steps=1000)  # 1.1e-3 > 2 x 5e-4 + 1e-3 x 2.2e-3
     message = learning_rate_warning(saved, higher, 50)
     assert message is not None and "from 0.0005 to 0.0011" in message and "at step 50" in message
+    # the margin: warned when after > 2 x before + 0.001 x lr, i.e. 0.5 L > 0.001 + 0.001 L: L > 0.002004
+    at = [TrainConfig(lr=lr, warmup_steps=0, decay_steps=100, steps=1000) for lr in (2.003e-3, 2.006e-3)]
+    assert learning_rate_warning(saved, at[0], 50) is None and learning_rate_warning(saved, at[1], 50) is not None
     longer = TrainConfig(lr=1e-3, warmup_steps=0, decay_steps=1000, steps=1000)  # the same lr, a later decay: 9.8e-4
     assert learning_rate_warning(saved, longer, 90) is not None  # saved: 2.4e-5 at step 90
 
