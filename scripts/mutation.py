@@ -85,11 +85,13 @@ class Mutant:
 
 
 def _protected(tree: ast.AST) -> set[int]:
-    """ids of nodes never mutated: docstrings, f-strings, raise statements and their contents."""
+    """ids of nodes never mutated: docstrings, f-strings, raise statements and their contents, annotations."""
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Raise, ast.JoinedStr, ast.Assert)):
             skip.update(id(n) for n in ast.walk(node))
+        if isinstance(node, ast.AnnAssign):  # annotations are not evaluated (from __future__ import annotations)
+            skip.update(id(n) for n in ast.walk(node.annotation))
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
             if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
