@@ -23,6 +23,7 @@ from glowtorch.files import (
     first_line,
     remove_stale_temps,
 )
+from glowtorch.precision import probe_rates as real_probe_rates  # conftest stands a fixed probe in for it
 
 
 # --------------------------------------------------------------------------- files
@@ -243,6 +244,9 @@ def test_the_precision_choice_by_hand() -> None:
     assert choice.summary() == ("precision bfloat16 (auto: coupling-network convolutions at 1000 GFLOP/s in "
                                 "bfloat16, 500 in float32, x2.00, x1.90 in 3 of 4 paired runs)")  # fmt: skip
     assert PrecisionChoice("float32", "asked").summary() == "precision float32 (asked)"
+    assert PrecisionChoice("float32", "half", 100.0, None).summary() == "precision float32 (half)"  # one rate
+    with pytest.raises(ValueError):
+        paired_speedups([1.0] * 5, [1.0] * 4)  # unpaired times are a bug, not a measurement
     assert choice.record() == {"precision": "bfloat16", "precision_how": "auto", "probe_float32_gflops": 500.0,
                                "probe_bfloat16_gflops": 1000.0, "probe_speedup_low": 1.9}  # fmt: skip
 
@@ -300,3 +304,75 @@ def test_a_step_record_gathered_on_one_process() -> None:
     assert record.grad_norm == 0.75
     assert gather_step_record(7, torch.tensor([1.0, float("nan")]), torch.tensor([0, 1]), torch.tensor(1.0),
                               single) is None  # fmt: skip
+
+
+def test_the_probed_convolutions_are_the_first_levels_coupling_network() -> None:
+    from glowtorch.model import GlowConfig
+    from glowtorch.precision import _coupling_shapes
+
+    mnist = GlowConfig(image_shape=(1, 28, 28), levels=2, depth=1, hidden_channels=512)
+    # squeezed to 4 x 14 x 14: the network reads 2 channels and writes a shift and a scale for the other 2
+    assert _coupling_shapes(mnist, 16) == [(16, 2, 512, 3, 14), (16, 512, 512, 1, 14), (16, 512, 4, 3, 14)]
+    rgb = GlowConfig(image_shape=(3, 32, 32), levels=2, depth=1, hidden_channels=64, coupling="additive")
+    assert _coupling_shapes(rgb, 8) == [(8, 6, 64, 3, 16), (8, 64, 64, 1, 16), (8, 64, 6, 3, 16)]  # a shift only
+
+
+def test_the_probe_counts_flops_and_takes_medians(monkeypatch) -> None:
+    import torch
+
+    from glowtorch import precision
+
+    seen = []
+
+    def paired(float32, bfloat16, device, seconds):
+        seen.append((float32, bfloat16, device, seconds))
+        return [1e-6, 2e-6, 3e-6, 4e-6, 100e-6], [2e-6, 1e-6, 1e-6, 1e-6, 1e-6]
+
+    monkeypatch.setattr(precision, "_paired_seconds", paired)
+    monkeypatch.setattr(precision, "_RATES", {})
+    shapes = [(2, 3, 4, 3, 5), (1, 4, 4, 1, 5)]
+    flops = 2 * 2 * 3 * 4 * 9 * 25 + 2 * 1 * 4 * 4 * 1 * 25  # 2 x batch x in x out x kernel^2 x size^2 = 11,600
+    rates = real_probe_rates(shapes)
+    assert rates == (pytest.approx(flops / 3e-6 / 1e9), pytest.approx(flops / 1e-6 / 1e9), 2.0)
+    (float32, bfloat16, device, seconds), = seen  # fmt: skip
+    assert device == torch.device("cpu") and seconds == 0.3
+    for tensors, dtype in ((float32, torch.float32), (bfloat16, torch.bfloat16)):
+        assert [(tuple(x.shape), tuple(w.shape), padding) for x, w, padding in tensors] == [
+            ((2, 3, 5, 5), (4, 3, 3, 3), 1), ((1, 4, 5, 5), (4, 4, 1, 1), 0)]  # fmt: skip
+        assert all(x.dtype == w.dtype == dtype for x, w, _ in tensors)
+        assert all(x.is_contiguous(memory_format=torch.channels_last) for x, _, _ in tensors)
+    assert real_probe_rates(shapes) is rates and len(seen) == 1  # measured once per process
+
+
+def test_the_probe_times_pairs_on_its_own_clock(monkeypatch) -> None:
+    import types
+
+    import torch
+
+    from glowtorch import precision
+
+    now, calls = [0.0], []
+
+    def conv2d(x, w, padding):  # a float32 convolution takes 1/1024 s, a bfloat16 one 1/2048 s
+        calls.append(x.dtype)
+        now[0] += 1 / 1024 if x.dtype == torch.float32 else 1 / 2048
+
+    monkeypatch.setattr(precision, "F", types.SimpleNamespace(conv2d=conv2d))
+    monkeypatch.setattr(precision, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    x32, x16 = torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)
+    float32, bfloat16 = [(x32, None, 1), (x32, None, 0)], [(x16, None, 1), (x16, None, 0)]
+    # a float32 pass is 1/512 s: 2 repeats reach SAMPLE_SECONDS (2 ms); a pair then takes 3/512 s, and pairs
+    # go on past the 5 needed while the 2 x 0.02 s last: 7 pairs
+    f32, bf16 = precision._paired_seconds(float32, bfloat16, torch.device("cpu"), 0.02)
+    assert f32 == [1 / 512] * 7 and bf16 == [1 / 1024] * 7
+    warm, pairs = calls[:4], calls[4:]
+    assert warm == [torch.float32] * 2 + [torch.bfloat16] * 2
+    firsts = [pairs[i * 8] for i in range(7)]  # each pair is 2 x 4 convolutions; the order alternates
+    assert firsts == [torch.float32, torch.bfloat16] * 3 + [torch.float32]
+    now[0], calls[:] = 0.0, []
+    f32, _ = precision._paired_seconds(float32, bfloat16, torch.device("cpu"), 0.0)
+    assert len(f32) == precision.MIN_PAIRS  # no time given: the fewest pairs that decide anything
+    slow = [(x32, None, 1)] * 200  # a pass of 0.2 s: one repeat, and at most 50 pairs however long
+    now[0] = 0.0
+    f32, _ = precision._paired_seconds(slow, slow[:1], torch.device("cpu"), 1000.0)
+    assert len(f32) == 50 and f32[0] == 200 / 1024
