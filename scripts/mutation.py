@@ -42,6 +42,7 @@ MODULES: dict[str, list[str]] = {
     "glowtorch.ood": ["tests/test_values.py", "tests/test_ood.py"],
     "glowtorch.convert": ["tests/test_values.py", "tests/test_convert.py"],
     "glowtorch.class_prior": [
+        "tests/test_units.py",
         "tests/test_model.py::test_fit_class_prior_is_each_class_top_latent_mean_and_std_and_raises_the_likelihood",
         "tests/test_conditional_cli.py",
     ],

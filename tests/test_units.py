@@ -376,3 +376,27 @@ def test_the_probe_times_pairs_on_its_own_clock(monkeypatch) -> None:
     now[0] = 0.0
     f32, _ = precision._paired_seconds(slow, slow[:1], torch.device("cpu"), 1000.0)
     assert len(f32) == 50 and f32[0] == 200 / 1024
+
+
+# --------------------------------------------------------------------------- the fitted class prior
+def test_a_fitted_class_prior_is_each_class_mean_and_std_at_every_top_position() -> None:
+    import torch
+    from torch.testing import assert_close
+
+    from conftest import random_model
+    from glowtorch.class_prior import fit_class_prior
+    from glowtorch.preprocess import dequantize
+
+    # three levels and a 2x2 top: the last latent (not the second), each position its own statistics
+    model = random_model(num_classes=2, class_prior="spatial", image_shape=(1, 16, 16), levels=3, depth=1, scale=0.1)
+    labels = torch.tensor([0, 1, 0, 1, 1])  # class 0 has exactly the two images it needs
+    pixels = torch.randint(0, 256, (5, 1, 16, 16), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    x = dequantize(pixels, 8, generator=torch.Generator().manual_seed(5)).double()  # the draw fit_class_prior makes
+    top = model.encode(x, labels)[0][-1]
+    assert top.shape[2:] == (2, 2) and len(model.encode(x, labels)[0]) == 3
+    fit_class_prior(model, pixels, labels, seed=5)
+    mean, log_std = model.top_prior_params(5, labels)
+    for c in (0, 1):
+        chosen = top[labels == c]
+        assert_close(mean[labels == c][0], chosen.mean(0), atol=1e-9, rtol=0)
+        assert_close(log_std[labels == c][0].exp(), chosen.std(0, correction=0), atol=1e-9, rtol=0)
