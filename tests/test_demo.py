@@ -146,6 +146,43 @@ def test_the_verdict_separates_usual_and_unusual_scores() -> None:
     assert low.verdict.startswith("in distribution") and high.verdict.startswith("out of distribution")
 
 
+@pytest.mark.parametrize(
+    "bpd, verdict, percentile",
+    [
+        (989.0, "in distribution: 98.9%", 98.9),  # at the 99th percentile, index int(0.99 * 999) = 989
+        (989.5, "unusual: more bits/dim than 99.0%", 99.0),
+        (998.0, "unusual: more bits/dim than 99.8%", 99.8),  # at the 99.9th, index 998
+        (998.5, "out of distribution: more bits/dim than 99.90%", 99.9),
+        (-5.0, "in distribution: 0.0%", 0.0),
+        (5000.0, "out of distribution: more bits/dim than 100.00%", 100.0),
+    ],
+)
+def test_the_verdicts_boundaries_by_hand(monkeypatch, bpd: float, verdict: str, percentile: float) -> None:
+    import glowtorch.demo.explorer as explorer_module
+    from glowtorch.evaluate import ImageScores
+
+    model = mnist_like_model()
+    scores = torch.arange(1000, dtype=torch.float64).flip(0)  # 0..999, given in any order
+    monkeypatch.setattr(explorer_module, "score_images", lambda *a, **k: ImageScores(torch.tensor([bpd])))
+    reading = Explorer(model, "m", scores).read(digit())
+    assert reading.verdict.startswith(verdict) and reading.percentile == pytest.approx(percentile)
+
+
+def test_a_colour_image_is_read_as_one_image() -> None:
+    torch.manual_seed(0)
+    model = randomize(Glow(GlowConfig(image_shape=(3, 8, 8), levels=2, depth=1, hidden_channels=8)), scale=0.05)
+    image = torch.randint(0, 256, (3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    reading = Explorer(model.eval(), "rgb").read(image)
+    expected = score_images(model, image.unsqueeze(0), draws=READ_DRAWS).bits_per_dim[0].item()
+    assert reading.bits_per_dim == expected and torch.equal(reading.reconstruction, image)
+
+
+def test_a_one_class_model_is_conditional_and_blank_level_temperatures_mean_the_slider() -> None:
+    assert Explorer(mnist_like_model(num_classes=1), "one").conditional
+    explorer = Explorer(mnist_like_model(), "m")
+    assert torch.equal(explorer.sample(0.5, seed=2, n=3, level_temperatures="  "), explorer.sample(0.5, seed=2, n=3))
+
+
 def test_interpolation_starts_and_ends_at_its_images(explorer) -> None:
     a, b = explorer.examples[0], explorer.examples[2]
     start, strip = explorer.interpolate(a, b, 0.0, "slerp")
