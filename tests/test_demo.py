@@ -183,6 +183,23 @@ def test_a_one_class_model_is_conditional_and_blank_level_temperatures_mean_the_
     assert torch.equal(explorer.sample(0.5, seed=2, n=3, level_temperatures="  "), explorer.sample(0.5, seed=2, n=3))
 
 
+def test_the_histogram_marker_is_a_red_line_kept_inside_the_picture(explorer) -> None:
+    def red_columns(picture: np.ndarray) -> list[int]:
+        red = (picture[..., 0] == 220) & (picture[..., 1] == 30) & (picture[..., 2] == 30)
+        return np.nonzero(red.any(0))[0].tolist()
+
+    plain = explorer.histogram()
+    width = plain.shape[1]
+    assert red_columns(plain) == [] and red_columns(explorer.histogram(float("nan"))) == []
+    left, right = red_columns(explorer.histogram(-1e9)), red_columns(explorer.histogram(1e9))
+    assert left == red_columns(explorer.histogram(-1e3)) and right == red_columns(
+        explorer.histogram(1e3)
+    )  # at the axis' ends
+    middle = red_columns(explorer.histogram(2.0))
+    assert [len(left), len(middle), len(right)] == [2, 2, 2] and middle[1] == middle[0] + 1
+    assert 0 <= left[0] < middle[0] < right[0] <= width - 2
+
+
 def test_interpolation_starts_and_ends_at_its_images(explorer) -> None:
     a, b = explorer.examples[0], explorer.examples[2]
     start, strip = explorer.interpolate(a, b, 0.0, "slerp")
