@@ -391,6 +391,23 @@ def test_superresolve_samples_given_the_images_low_resolution_version() -> None:
     assert not (other[0] == modes[0]).all()  # another context, another mode
 
 
+def test_superresolve_a_colour_image() -> None:
+    from glowtorch.context import lowres_images
+
+    torch.manual_seed(0)
+    config = GlowConfig(image_shape=(3, 8, 8), levels=2, depth=1, hidden_channels=8, condition="lowres:2",
+                        context_features=4)  # fmt: skip
+    model = randomize(Glow(config), scale=0.05, seed=1).eval()
+    main = randomize(Glow(GlowConfig(image_shape=(3, 8, 8), levels=2, depth=1, hidden_channels=8)), scale=0.05)
+    image = torch.randint(0, 256, (3, 8, 8), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    result = Explorer(main.eval(), "rgb", superres=model).superresolve(image, 0.5, seed=1, n=2)
+    assert torch.equal(result.lowres, lowres_images(image.unsqueeze(0), 2)[0]) and result.lowres.shape == (3, 4, 4)
+    context = model.config.context_of(image.unsqueeze(0))
+    both = torch.cat([image.unsqueeze(0), result.samples])
+    scores = score_images(model, both, draws=READ_DRAWS, contexts=context.expand(3, -1, -1, -1)).bits_per_dim
+    assert result.bits_per_dim.tolist() == scores[1:].tolist() and result.image_bits_per_dim == scores[0].item()
+
+
 def test_superresolve_refuses_bad_values_and_models() -> None:
     explorer = Explorer(mnist_like_model(), "tiny", superres=sr_model())
     for kwargs, message in [({"temperature": 1.5}, "temperature"), ({"temperature": 0.5, "n": 0}, "number of samples")]:

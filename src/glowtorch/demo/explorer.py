@@ -189,7 +189,7 @@ class Explorer:
         samples = to_uint8(x.clamp(-0.5, 0.5), bits)
         # the image and its samples, all given the image's context (not each sample's own low-resolution version)
         both = torch.cat([image.unsqueeze(0), samples])
-        contexts = context.expand(len(both), -1, -1, -1)
+        contexts = context.expand(len(both), *context.shape[1:])
         scored = score_images(model, both, draws=READ_DRAWS, contexts=contexts).bits_per_dim
         return SuperResolution(lowres[0], samples, scored[1:], scored[0].item())
 
