@@ -226,6 +226,48 @@ def test_edits_move_along_the_directions(explorer) -> None:
         explorer.edit(image, {"up": 50.0})
 
 
+def test_an_edit_adds_amount_times_direction_to_each_latent(explorer) -> None:
+    from glowtorch.latent import decode_images, encode_images
+
+    image = explorer.examples[1]
+    zs = encode_images(explorer.model, image.unsqueeze(0))
+    by_hand = [z + 1.5 * d - 0.5 * e for z, d, e in zip(zs, explorer.directions["up"], explorer.directions["down"],
+                                                         strict=True)]  # fmt: skip
+    expected = decode_images(explorer.model, by_hand)[0]
+    assert torch.equal(explorer.edit(image, {"up": 1.5, "down": -0.5}), expected)
+    assert not torch.equal(expected, image)
+    assert torch.equal(explorer.edit(image, {"up": 10.0}), explorer.edit(image, {"down": -10.0}))  # the limit
+    with pytest.raises(DemoError, match="within -10 to 10"):
+        explorer.edit(image, {"up": -10.5})
+
+
+def test_the_most_samples_the_page_asks_for(explorer) -> None:
+    from glowtorch.demo import MAX_SAMPLES
+
+    assert len(explorer.sample(0.5, n=MAX_SAMPLES)) == MAX_SAMPLES and len(explorer.sample(0.5, n=1)) == 1
+    for n in (0, MAX_SAMPLES + 1):
+        with pytest.raises(DemoError, match=f"1 to {MAX_SAMPLES}"):
+            explorer.sample(0.5, n=n)
+
+
+def test_a_model_folder_with_its_own_reference_files_and_the_shipped_superres(tmp_path) -> None:
+    from glowtorch import save_model
+    from glowtorch.reference import write_test_scores
+
+    model = mnist_like_model()
+    folder = save_model(model, tmp_path / "model")
+    write_test_scores(folder / "test_scores.safetensors", torch.linspace(1, 2, 50), torch.stack([digit()] * 4), "t")
+    write_directions(folder / "directions.safetensors", model, [torch.ones(1, *s) for s in model.latent_shapes],
+                     ["7"], "mnist")  # fmt: skip
+    explorer = Explorer.from_checkpoint(folder, "digits")  # files beside the weights: the dataset is not read
+    assert not (folder / "demo").exists() and len(explorer.test_scores) == 50 and list(explorer.directions) == ["7"]
+    assert explorer.superres is not None and explorer.superres.config.condition == "lowres:4"  # pretrained:mnist-sr4
+    assert Explorer.from_checkpoint(folder, superres=None).superres is None
+    small = save_model(randomize(Glow(GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8))),
+                       tmp_path / "small")  # fmt: skip
+    assert Explorer.from_checkpoint(small).superres is None  # auto: only beside models of its own images
+
+
 def test_a_directions_file_of_another_model_is_refused(explorer, tmp_path) -> None:
     other = mnist_like_model(seed=1)
     directions = [torch.zeros(1, *s) for s in other.latent_shapes]
