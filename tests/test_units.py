@@ -400,3 +400,41 @@ def test_a_fitted_class_prior_is_each_class_mean_and_std_at_every_top_position()
         chosen = top[labels == c]
         assert_close(mean[labels == c][0], chosen.mean(0), atol=1e-9, rtol=0)
         assert_close(log_std[labels == c][0].exp(), chosen.std(0, correction=0), atol=1e-9, rtol=0)
+
+
+# --------------------------------------------------------------------------- image files
+def test_every_image_mode_is_brought_to_0_255_by_hand() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from glowtorch.data import DataError, image_array
+
+    sixteen = Image.fromarray(np.array([[0, 257, 32767, 65535]], dtype=np.uint16))  # mode I;16
+    assert sixteen.mode.startswith("I;16")
+    assert image_array(sixteen).tolist() == [[0, 1, 127, 255]]  # x 255/65535, rounded half up: 127.498 -> 127
+    wide = Image.fromarray(np.array([[0, 128, 65535]], dtype=np.int32), mode="I")
+    assert image_array(wide).tolist() == [[0, 0, 255]]  # 128 x 255/65535 = 0.498 -> 0
+    floats = Image.fromarray(np.array([[0.0, 0.5, 1.0, 1 / 510]], dtype=np.float32), mode="F")
+    assert image_array(floats).tolist() == [[0, 128, 255, 1]]  # 127.5 -> 128, 0.5 -> 1: half up
+    assert image_array(floats, channels=3).tolist() == [[[0] * 3, [128] * 3, [255] * 3, [1] * 3]]
+    assert image_array(floats, channels=1).shape == (1, 4)
+    for bad, words in [
+        (np.array([[0.0, 1.5]], dtype=np.float32), "outside 0..1"),
+        (np.array([[-0.5, 1.0]], dtype=np.float32), "outside 0..1"),
+        (np.array([[0.0, np.nan]], dtype=np.float32), "outside 0..1"),
+    ]:
+        with pytest.raises(DataError, match=words):
+            image_array(Image.fromarray(bad, mode="F"))
+    for bad in ([[0, 65536]], [[-1, 5]]):
+        with pytest.raises(DataError, match="outside 0..65535"):
+            image_array(Image.fromarray(np.array(bad, dtype=np.int32), mode="I"))
+    rgba = Image.fromarray(np.array([[[10, 20, 30, 40]]], dtype=np.uint8), mode="RGBA")
+    assert image_array(rgba, keep_alpha=True).tolist() == [[[10, 20, 30, 40]]]
+    assert image_array(rgba).tolist() == [[[10, 20, 30]]]  # alpha dropped
+    assert image_array(rgba, channels=1).tolist() == [[round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)]]
+    gray = Image.fromarray(np.array([[7, 9]], dtype=np.uint8), mode="L")
+    assert image_array(gray).tolist() == [[7, 9]] and image_array(gray, channels=3).tolist() == [[[7] * 3, [9] * 3]]
+    palette = gray.convert("P")
+    assert image_array(palette, keep_alpha=True).shape == (1, 2, 4) and image_array(palette).shape == (1, 2, 3)
+    bits = Image.fromarray(np.array([[0, 255]], dtype=np.uint8)).convert("1")
+    assert image_array(bits).tolist() == [[0, 255]]
