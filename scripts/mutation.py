@@ -52,6 +52,7 @@ MODULES: dict[str, list[str]] = {
     "glowtorch.train.schedule": ["tests/test_units.py", "tests/test_reliability.py"],
     "glowtorch.train.diagnostics": ["tests/test_units.py", "tests/test_distributed.py"],
     "glowtorch.demo.explorer": ["tests/test_demo.py"],
+    "glowtorch.latent_files": ["tests/test_demo.py", "tests/test_latent.py"],
     "glowtorch.data.image_files": ["tests/test_units.py", "tests/test_data.py", "tests/test_bad_input.py"],
 }
 

@@ -438,3 +438,53 @@ def test_every_image_mode_is_brought_to_0_255_by_hand() -> None:
     assert image_array(palette, keep_alpha=True).shape == (1, 2, 4) and image_array(palette).shape == (1, 2, 3)
     bits = Image.fromarray(np.array([[0, 255]], dtype=np.uint8)).convert("1")
     assert image_array(bits).tolist() == [[0, 255]]
+
+
+# --------------------------------------------------------------------------- reference files
+def test_reference_files_beside_the_weights_come_before_demo(tmp_path) -> None:
+    from glowtorch.reference import DIRECTIONS_FILE, SCORES_FILE, find_reference_files
+
+    assert find_reference_files(tmp_path) == (None, None)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / SCORES_FILE).write_bytes(b"x")
+    (tmp_path / "demo" / DIRECTIONS_FILE).write_bytes(b"x")
+    assert find_reference_files(tmp_path) == (tmp_path / "demo" / SCORES_FILE, tmp_path / "demo" / DIRECTIONS_FILE)
+    (tmp_path / SCORES_FILE).write_bytes(b"x")
+    (tmp_path / DIRECTIONS_FILE).mkdir()  # a folder of that name is not the file
+    assert find_reference_files(tmp_path) == (tmp_path / SCORES_FILE, tmp_path / "demo" / DIRECTIONS_FILE)
+
+
+@pytest.mark.parametrize(
+    "scores, examples, words",
+    [
+        ([1.0, 2.0], (2, 1, 4, 4), None),
+        ([[1.0, 2.0]], (2, 1, 4, 4), "one number"),
+        ([], (2, 1, 4, 4), "one number"),
+        ([1, 2], (2, 1, 4, 4), "one number"),  # integers
+        ([1.0, float("nan")], (2, 1, 4, 4), "one number"),
+        ([1.0, float("inf")], (2, 1, 4, 4), None),  # an impossible image scores infinity: kept
+        ([1.0], (2, 4, 4), "examples must be"),
+        ([1.0], (2, 3, 4, 4), "examples must be"),  # another shape than the model's
+        ([1.0], (0, 1, 4, 4), None),  # no examples is fine
+    ],
+)
+def test_test_scores_are_checked_when_read(tmp_path, scores, examples, words) -> None:
+    import torch
+
+    from glowtorch.latent_files import save_latents
+    from glowtorch.reference import read_test_scores, write_test_scores
+
+    path = tmp_path / "s.safetensors"
+    values = torch.tensor(scores)
+    images = torch.zeros(examples, dtype=torch.uint8)
+    if values.is_floating_point() and values.dim() == 1:
+        write_test_scores(path, values, images, "test")
+    else:
+        save_latents(path, {"bits_per_dim": values, "examples": images}, {})
+    if words is None:
+        read, kept = read_test_scores(path, (1, 4, 4))
+        assert torch.equal(read, values.float()) and torch.equal(kept, images)
+        assert torch.equal(read_test_scores(path)[1], images)  # no shape given: any (M, C, H, W)
+    else:
+        with pytest.raises(ValueError, match=words):
+            read_test_scores(path, (1, 4, 4))
