@@ -194,6 +194,9 @@ def test_the_resume_warning_threshold() -> None:
     # the margin: warned when after > 2 x before + 0.001 x lr, i.e. 0.5 L > 0.001 + 0.001 L: L > 0.002004
     at = [TrainConfig(lr=lr, warmup_steps=0, decay_steps=100, steps=1000) for lr in (2.003e-3, 2.006e-3)]
     assert learning_rate_warning(saved, at[0], 50) is None and learning_rate_warning(saved, at[1], 50) is not None
+    # exactly at the threshold (2 x 1.0 + 0.001 x 2.002002... is 2.002002... in float64): not warned
+    one, edge = (TrainConfig(lr=lr, warmup_steps=0, steps=1000) for lr in (1.0, 2.002002002002002))
+    assert 2 * 1.0 + 1e-3 * edge.lr == edge.lr and learning_rate_warning(one, edge, 5) is None
     longer = TrainConfig(lr=1e-3, warmup_steps=0, decay_steps=1000, steps=1000)  # the same lr, a later decay: 9.8e-4
     assert learning_rate_warning(saved, longer, 90) is not None  # saved: 2.4e-5 at step 90
 
