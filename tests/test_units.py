@@ -227,6 +227,8 @@ def test_the_decay_pacer_times_steps_from_a_fifth_of_warmup(monkeypatch) -> None
     assert pacer.after_step(24, 70.0, 0, 0) == (25, 1.0, 0.0)
     late = schedule.DecayPacer(config)
     assert late.after_step(5, 0.0, 0, 0) is None and late.started == (5, 120.0)  # a resume past 4: from there
+    odd = schedule.DecayPacer(TrainConfig(warmup_steps=22, decay_steps="auto", max_minutes=1.0))
+    assert odd.after_step(4, 0.0, 0, 0) is None and odd.started == (4, 120.0)  # 22 // 5 = 4
 
 
 # --------------------------------------------------------------------------- the precision choice
@@ -318,6 +320,7 @@ def test_the_probed_convolutions_are_the_first_levels_coupling_network() -> None
     assert _coupling_shapes(mnist, 16) == [(16, 2, 512, 3, 14), (16, 512, 512, 1, 14), (16, 512, 4, 3, 14)]
     rgb = GlowConfig(image_shape=(3, 32, 32), levels=2, depth=1, hidden_channels=64, coupling="additive")
     assert _coupling_shapes(rgb, 8) == [(8, 6, 64, 3, 16), (8, 64, 64, 1, 16), (8, 64, 6, 3, 16)]  # a shift only
+    assert all(type(v) is int for shape in _coupling_shapes(rgb, 8) for v in shape)  # sizes, not floats
 
 
 def test_the_probe_counts_flops_and_takes_medians(monkeypatch) -> None:
@@ -376,9 +379,10 @@ def test_the_probe_times_pairs_on_its_own_clock(monkeypatch) -> None:
     f32, _ = precision._paired_seconds(float32, bfloat16, torch.device("cpu"), 0.0)
     assert len(f32) == precision.MIN_PAIRS  # no time given: the fewest pairs that decide anything
     slow = [(x32, None, 1)] * 200  # a pass of 0.2 s: one repeat, and at most 50 pairs however long
-    now[0] = 0.0
+    now[0], calls[:] = 0.0, []
     f32, _ = precision._paired_seconds(slow, slow[:1], torch.device("cpu"), 1000.0)
     assert len(f32) == 50 and f32[0] == 200 / 1024
+    assert len(calls) == (1 + 50) * (200 + 1)  # the warm-up and 50 pairs, each pass once
 
 
 # --------------------------------------------------------------------------- the fitted class prior
