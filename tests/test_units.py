@@ -495,3 +495,22 @@ def test_test_scores_are_checked_when_read(tmp_path, scores, examples, words) ->
     else:
         with pytest.raises(ValueError, match=words):
             read_test_scores(path, (1, 4, 4))
+
+
+def test_auto_precision_probes_the_models_own_convolutions_at_batch_16_at_most(monkeypatch) -> None:
+    import torch
+
+    from glowtorch import precision
+    from glowtorch.model import GlowConfig
+
+    asked = []
+    monkeypatch.setattr(precision, "probe_rates", lambda shapes, device: asked.append(shapes) or
+                        precision.ProbeRates(100.0, 130.0, 1.25))  # fmt: skip
+    config = GlowConfig(image_shape=(1, 28, 28), levels=2, depth=1, hidden_channels=32)
+    choice = precision.resolve_precision("auto", config, batch=64)
+    assert asked == [precision._coupling_shapes(config, 16)] and choice.precision == "bfloat16"
+    precision.resolve_precision("auto", config, batch=4)
+    assert asked[-1] == precision._coupling_shapes(config, 4)
+    assert choice.record()["probe_speedup_low"] == 1.25
+    assert precision.resolve_precision("auto", config, dtype=torch.float64).precision == "float32" and len(asked) == 2
+    assert precision.resolve_precision("bfloat16", config).how == "set explicitly" and len(asked) == 2
