@@ -274,6 +274,8 @@ def test_the_progress_line_by_hand() -> None:
         == "step 100 | epoch 0.5 | train 3.000 | baseline 1.500 | accuracy 0.250 | 354 img/s | 1:02:05 elapsed"
     )
     assert progress_line({**metrics, "step": 0}, max_steps=400).endswith("| 2:51 elapsed")  # no rate yet
+    assert progress_line({**metrics, "step": 400}, max_steps=400).endswith("2:51 elapsed, ~0:00 left")
+    assert progress_line({**metrics, "step": 500}, max_steps=400).endswith("2:51 elapsed, ~0:00 left")
 
 
 def test_a_training_window_by_hand() -> None:
@@ -293,6 +295,9 @@ def test_a_training_window_by_hand() -> None:
     unclipped = TrainingWindow()
     unclipped.add(StepRecord(1, -1.0, -1.0, 0, 0, 9.0), clip=0.0)  # no clipping asked: none counted
     assert unclipped.summary()["clipped_steps"] == 0 and unclipped.summary()["train_bpd_worst_batch"] == -1.0
+    small = TrainingWindow()
+    small.add(StepRecord(5, 1.0, 1.0, 0, 0, 0.125), clip=1.0)
+    assert small.summary()["grad_norm_max"] == 0.125 and small.summary()["train_worst_step"] == 5
 
 
 def test_a_step_record_gathered_on_one_process() -> None:
