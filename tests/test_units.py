@@ -519,3 +519,24 @@ def test_auto_precision_probes_the_models_own_convolutions_at_batch_16_at_most(m
     assert choice.record()["probe_speedup_low"] == 1.25
     assert precision.resolve_precision("auto", config, dtype=torch.float64).precision == "float32" and len(asked) == 2
     assert precision.resolve_precision("bfloat16", config).how == "set explicitly" and len(asked) == 2
+
+
+def test_a_step_record_gathered_from_two_processes() -> None:
+    import types
+
+    import torch
+
+    from glowtorch.train.diagnostics import gather_step_record
+
+    # process 0 saw images 0..1 (bits/dim 2 and 30, the worst at index 5); this is process 1
+    other = torch.tensor([(2.0 + 30.0) / 2 / 2, 1.0, 30.0, 5.0, 0.0, 0.0], dtype=torch.float64)
+    seen = []
+
+    def all_reduce_sum(packed):
+        seen.append(packed.clone())
+        return packed + other
+
+    me = types.SimpleNamespace(rank=1, world_size=2, all_reduce_sum=all_reduce_sum)
+    record = gather_step_record(3, torch.tensor([4.0, 12.0]), torch.tensor([8, 9]), torch.tensor(2.0), me)
+    assert seen[0].tolist() == [(4.0 + 12.0) / 2 / 2, 1.0, 0.0, 0.0, 12.0, 9.0]  # its own slot: 2 + 2 x rank
+    assert (record.bpd, record.outliers, record.worst_image_bpd, record.worst_image) == (12.0, 2, 30.0, 5)
