@@ -268,6 +268,19 @@ def test_a_model_folder_with_its_own_reference_files_and_the_shipped_superres(tm
     assert Explorer.from_checkpoint(small).superres is None  # auto: only beside models of its own images
 
 
+def test_scores_without_directions_are_completed_from_the_dataset(tmp_path) -> None:
+    from glowtorch import save_model
+    from glowtorch.reference import write_test_scores
+
+    torch.manual_seed(0)
+    model = randomize(Glow(GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8)), scale=0.05)
+    folder = save_model(model, tmp_path / "model")
+    write_test_scores(folder / "test_scores.safetensors", torch.linspace(1, 2, 50), torch.zeros(2, 1, 8, 8,
+                      dtype=torch.uint8), "t")  # fmt: skip
+    explorer = Explorer.from_checkpoint(folder, "digits", progress=False)
+    assert (folder / "demo" / "directions.safetensors").is_file() and len(explorer.directions) == 10
+
+
 def test_a_directions_file_of_another_model_is_refused(explorer, tmp_path) -> None:
     other = mnist_like_model(seed=1)
     directions = [torch.zeros(1, *s) for s in other.latent_shapes]
