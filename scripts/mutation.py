@@ -148,7 +148,7 @@ def _functions(module: types.ModuleType) -> Iterator[tuple[str, types.FunctionTy
     seen: set[int] = set()
 
     def visit(owner, prefix: str):
-        for name, value in vars(owner).items():
+        for name, value in list(vars(owner).items()):  # tests may add attributes while mutants run
             target = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
             if isinstance(value, property):
                 target = value.fget
