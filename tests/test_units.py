@@ -528,59 +528,39 @@ def test_a_step_record_gathered_from_two_processes() -> None:
 
     from glowtorch.train.diagnostics import gather_step_record
 
-    # process 0 saw images 0..1 (bits/dim 2 and 30, the worst at index 5); this is process 1
-    other = torch.tensor([(2.0 + 30.0) / 2 / 2, 1.0, 30.0, 5.0, 0.0, 0.0], dtype=torch.float64)
-    seen = []
+    def gathered(other: list[float], mine: torch.Tensor, indices: torch.Tensor):
+        def all_reduce_sum(packed):
+            seen.append(packed.clone())
+            return packed + torch.tensor(other, dtype=torch.float64)
 
-    def all_reduce_sum(packed):
-        seen.append(packed.clone())
-        return packed + other
+        seen: list = []
+        me = types.SimpleNamespace(rank=1, world_size=2, all_reduce_sum=all_reduce_sum)
+        return gather_step_record(3, mine, indices, torch.tensor(2.0), me), seen[0]
 
-    me = types.SimpleNamespace(rank=1, world_size=2, all_reduce_sum=all_reduce_sum)
-    record = gather_step_record(3, torch.tensor([4.0, 12.0]), torch.tensor([8, 9]), torch.tensor(2.0), me)
-    assert seen[0].tolist() == [(4.0 + 12.0) / 2 / 2, 1.0, 0.0, 0.0, 12.0, 9.0]  # its own slot: 2 + 2 x rank
-    assert (record.bpd, record.outliers, record.worst_image_bpd, record.worst_image) == (12.0, 2, 30.0, 5)
-
-
-@pytest.mark.parametrize("num_classes", [0, 10])
-def test_reference_data_are_the_test_splits_scores_and_the_training_splits_directions(tmp_path, num_classes) -> None:
-    import torch
-
-    from conftest import randomize
-    from glowtorch import Glow, GlowConfig
-    from glowtorch.data import load_dataset_for
-    from glowtorch.evaluate import score_images
-    from glowtorch.latent import attribute_directions, read_directions
-    from glowtorch.reference import build_reference, read_test_scores
-
-    torch.manual_seed(0)
-    config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8, num_classes=num_classes)
-    model = randomize(Glow(config), scale=0.05).eval()
-    scores_path, directions_path = build_reference(model, tmp_path / "demo", "digits", None, progress=False)
-    test = load_dataset_for((1, 8, 8), "digits", train=False)
-    train = load_dataset_for((1, 8, 8), "digits", train=True)
-    labels = test.labels if num_classes else None
-    scores, examples = read_test_scores(scores_path)
-    assert torch.equal(scores, score_images(model, test.images, labels).bits_per_dim.float())
-    assert torch.equal(
-        examples, test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:32]]
+    # process 0 saw bits/dim 2 and 30 (the worst, training image 5); this is process 1: 4 and 12 (image 9)
+    record, sent = gathered(
+        [(2.0 + 30.0) / 4, 1.0, 30.0, 5.0, 0.0, 0.0], torch.tensor([4.0, 12.0]), torch.tensor([8, 9])
     )
-    names, table = train.attribute_table()
-    expected = attribute_directions(model, train.images, table.bool(), train.labels if num_classes else None)
-    directions = read_directions(directions_path, model)
-    assert list(directions) == names == [str(i) for i in range(10)]
-    for i, name in enumerate(names):
-        for got, level in zip(directions[name], expected, strict=True):
-            assert torch.equal(got, level[i])
+    assert sent.tolist() == [(4.0 + 12.0) / 4, 1.0, 0.0, 0.0, 12.0, 9.0]  # its own slot: 2 + 2 x rank
+    assert (record.bpd, record.outliers, record.worst_image_bpd, record.worst_image) == (12.0, 2, 30.0, 5)
+    # now the worst image is this process's: 12 at image 9 against process 0's 10.5 at image 50
+    record, _ = gathered([2.5, 1.0, 10.5, 50.0, 0.0, 0.0], torch.tensor([4.0, 12.0]), torch.tensor([8, 9]))
+    assert (record.worst_image_bpd, record.worst_image, record.outliers) == (12.0, 9, 2)
 
 
-def test_a_test_scores_file_missing_either_tensor_is_refused(tmp_path) -> None:
-    import torch
+def test_throughput_is_images_over_seconds_since_the_last_restart(monkeypatch) -> None:
+    import types
 
-    from glowtorch.latent_files import save_latents
-    from glowtorch.reference import read_test_scores
+    from glowtorch.train import diagnostics
 
-    for tensors in ({"bits_per_dim": torch.ones(2)}, {"examples": torch.zeros(1, 1, 2, 2, dtype=torch.uint8)}):
-        save_latents(tmp_path / "s.safetensors", tensors, {})
-        with pytest.raises(ValueError, match="needs bits_per_dim and examples"):
-            read_test_scores(tmp_path / "s.safetensors")
+    now = [10.0]
+    monkeypatch.setattr(diagnostics, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    rate = diagnostics.Throughput()
+    rate.add(32)
+    rate.add(32)
+    now[0] = 12.0
+    assert rate.rate() == 32.0
+    rate.restart()
+    rate.add(16)
+    now[0] = 16.0
+    assert rate.rate() == 4.0
