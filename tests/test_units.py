@@ -564,3 +564,47 @@ def test_throughput_is_images_over_seconds_since_the_last_restart(monkeypatch) -
     rate.add(16)
     now[0] = 16.0
     assert rate.rate() == 4.0
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_reference_data_are_the_test_splits_scores_and_the_training_splits_directions(tmp_path, num_classes) -> None:
+    import torch
+
+    from conftest import randomize
+    from glowtorch import Glow, GlowConfig
+    from glowtorch.data import load_dataset_for
+    from glowtorch.evaluate import score_images
+    from glowtorch.latent import attribute_directions, read_directions
+    from glowtorch.reference import build_reference, read_test_scores
+
+    torch.manual_seed(0)
+    config = GlowConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8, num_classes=num_classes)
+    model = randomize(Glow(config), scale=0.05).eval()
+    scores_path, directions_path = build_reference(model, tmp_path / "demo", "digits", None, progress=False)
+    test = load_dataset_for((1, 8, 8), "digits", train=False)
+    train = load_dataset_for((1, 8, 8), "digits", train=True)
+    labels = test.labels if num_classes else None
+    scores, examples = read_test_scores(scores_path)
+    assert torch.equal(scores, score_images(model, test.images, labels).bits_per_dim.float())
+    assert torch.equal(
+        examples, test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:32]]
+    )
+    names, table = train.attribute_table()
+    expected = attribute_directions(model, train.images, table.bool(), train.labels if num_classes else None)
+    directions = read_directions(directions_path, model)
+    assert list(directions) == names == [str(i) for i in range(10)]
+    for i, name in enumerate(names):
+        for got, level in zip(directions[name], expected, strict=True):
+            assert torch.equal(got, level[i])
+
+
+def test_a_test_scores_file_missing_either_tensor_is_refused(tmp_path) -> None:
+    import torch
+
+    from glowtorch.latent_files import save_latents
+    from glowtorch.reference import read_test_scores
+
+    for tensors in ({"bits_per_dim": torch.ones(2)}, {"examples": torch.zeros(1, 1, 2, 2, dtype=torch.uint8)}):
+        save_latents(tmp_path / "s.safetensors", tensors, {})
+        with pytest.raises(ValueError, match="needs bits_per_dim and examples"):
+            read_test_scores(tmp_path / "s.safetensors")
