@@ -202,13 +202,10 @@ def prepare_store(
     try:
         for split in SPLITS:
             splits[split] = _prepare_split(dataset, root, split, partial, listings, pool, image_size, channels)
-    except OSError as error:  # nothing half-written stays behind
+    except BaseException as error:  # nothing half-written stays behind: a full disk, bad data, Ctrl-C
         shutil.rmtree(partial, ignore_errors=True)
-        if disk_full(error, partial.parent):
+        if isinstance(error, OSError) and disk_full(error, partial.parent):
             raise OSError(errno.ENOSPC, f"cannot write the store {out}: the disk is full") from None
-        raise
-    except BaseException:  # bad data, Ctrl-C: the same
-        shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         if pool is not None:
