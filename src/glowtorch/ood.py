@@ -113,6 +113,11 @@ def fpr_at_tpr(inliers: Tensor, outliers: Tensor, tpr: float = 0.95) -> float:
     return float(false_rates[np.searchsorted(true_rates, tpr - 1e-9)])
 
 
+def _separation(inliers: Tensor, outliers: Tensor) -> dict[str, float]:
+    """How a score separates ``outliers`` from ``inliers``: the report's ``auroc``, ``aupr`` and ``fpr95``."""
+    return {"auroc": auroc(inliers, outliers), "aupr": aupr(inliers, outliers), "fpr95": fpr_at_tpr(inliers, outliers)}
+
+
 # --------------------------------------------------------------------------- sets
 def png_bits_per_dim(images: Tensor) -> Tensor:
     """Bits per dimension of each uint8 image ``(N, C, H, W)`` losslessly compressed as PNG (level 9):
@@ -284,16 +289,8 @@ def ood_report(
     inliers = report.scores[in_set[0]]
     for name, _ in out_sets:
         outliers = report.scores[name]
-        report.metrics[name] = {
-            score: {
-                "auroc": auroc(inliers[score], outliers[score]),
-                "aupr": aupr(inliers[score], outliers[score]),
-                "fpr95": fpr_at_tpr(inliers[score], outliers[score]),
-            }  # fmt: skip
-            for score in outliers
-        }
+        report.metrics[name] = {score: _separation(inliers[score], outliers[score]) for score in outliers}
         a = (_batch_means(inliers["bpd"], batch_size) - typical).abs()
         b = (_batch_means(outliers["bpd"], batch_size) - typical).abs()
-        report.metrics[name][f"typicality_batch{batch_size}"] = {"auroc": auroc(a, b), "aupr": aupr(a, b),
-                                                                 "fpr95": fpr_at_tpr(a, b)}  # fmt: skip
+        report.metrics[name][f"typicality_batch{batch_size}"] = _separation(a, b)
     return report
