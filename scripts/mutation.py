@@ -29,7 +29,7 @@ import sys
 import textwrap
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +105,7 @@ def _protected(tree: ast.AST) -> set[int]:
     return skip
 
 
-def _changes(node: ast.AST) -> Iterator[tuple[str, callable]]:
+def _changes(node: ast.AST) -> Iterator[tuple[str, Callable[[ast.AST], None]]]:
     """(description, apply) for each mutation of ``node`` itself; ``apply`` edits a copy of it in place."""
     if isinstance(node, ast.BinOp) and type(node.op) in BINOPS:
         new = BINOPS[type(node.op)]

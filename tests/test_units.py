@@ -1,6 +1,7 @@
-"""Hand-computed values for the small helpers every command leans on: file writing (``files``), the
-learning-rate schedule (``train.schedule``) and the precision choice (``precision``). Each case is small
-enough to work out on paper, including the boundaries (exactly at a threshold, one past it)."""
+"""Hand-computed values for the helpers every command leans on: file writing (``files``), the learning-rate
+schedule (``train.schedule``), the precision choice and its probe (``precision``), the training diagnostics,
+the fitted class prior, image modes (``data.image_files``) and reference files (``reference``). Each case is
+small enough to work out on paper, including the boundaries (exactly at a threshold, one past it)."""
 
 from __future__ import annotations
 
