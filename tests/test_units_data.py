@@ -449,3 +449,103 @@ def test_load_source_resizes_to_the_asked_size() -> None:
     resized = load_source("digits", None, train=False, image_size=4)
     assert torch.equal(resized.images, resize_images(digits.images, 4))
     assert torch.equal(load_source("digits", None, train=False, image_size=8).images, digits.images)
+
+
+# --------------------------------------------------------------------------- latent_files
+def test_the_fingerprint_is_a_hash_of_the_config_and_weights_by_hand() -> None:
+    import hashlib
+
+    from conftest import tiny_config
+    from glowtorch.latent_files import model_fingerprint
+    from glowtorch.model import Glow
+
+    torch.manual_seed(0)
+    model = Glow(tiny_config())
+    config = model.config.to_dict()
+    for field, value in (("class_prior", "channel"), ("coupling_network", "actnorm"), ("zero_conv_padding", 0.0),
+                         ("condition", ""), ("context_features", 32)):  # fmt: skip
+        assert config.pop(field) == value  # fields added later, at their first value: left out of the hash
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert model_fingerprint(model) == digest.hexdigest()[:16]
+    other = Glow(tiny_config(context_features=16))  # a later field at another value is in the hash
+    other.load_state_dict(model.state_dict(), strict=False)
+    assert model_fingerprint(other) != model_fingerprint(model)
+
+
+def test_latents_written_and_read_back(tmp_path) -> None:
+    from conftest import random_model
+    from glowtorch.latent_files import load_latents, model_fingerprint, read_latents, write_latents
+
+    model = random_model()
+    zs = [torch.arange(6.0).reshape(1, 6) + i for i in range(3)]
+    path = write_latents(tmp_path / "z.safetensors", model, zs, y=torch.tensor([4]), names=["../a b.png"],
+                         checkpoint=tmp_path / "run" / ".." / "model", context=torch.ones(1, 2))  # fmt: skip
+    tensors, metadata = load_latents(path)
+    assert sorted(tensors) == ["context", "y", "z0", "z1", "z2"]
+    assert metadata == {"glowtorch": "latents", "model_fingerprint": model_fingerprint(model), "precision": "float32",
+                        "files": '["../a b.png"]', "checkpoint": str((tmp_path / "model").resolve())}  # fmt: skip
+    read = read_latents(path)
+    assert [z.tolist() for z in read.zs] == [z.tolist() for z in zs]
+    assert read.y.tolist() == [4] and read.names == ["a_b.png"] and read.context.tolist() == [[1.0, 1.0]]
+    read.check_model(model, path)
+    with pytest.raises(ValueError, match="made with another model"):
+        read.check_model(random_model(seed=1), path)
+    bare = read_latents(
+        write_latents(tmp_path / "b.safetensors", model, [zs[0].double()], checkpoint="pretrained:mnist")
+    )
+    assert bare.y is None and bare.context is None and bare.names == ["image_0000"]
+    assert (
+        bare.checkpoint == "pretrained:mnist" and load_latents(tmp_path / "b.safetensors")[1]["precision"] == "float64"
+    )
+
+
+def test_names_from_a_latent_file_become_safe_distinct_file_names() -> None:
+    from glowtorch.latent_files import _safe_names
+
+    given = ["dir/x.png", "C:\\u\\y.png", "x.png", "..", "a?b*.png", 7, "", "é.png"]
+    assert _safe_names(given, 9) == [
+        "x.png", "y.png", "image_0002", "image_0003", "a_b_.png", "image_0005", "image_0006", "é.png", "image_0008",
+    ]  # fmt: skip
+    assert _safe_names(["a", "b", "c"], 2) == ["a", "b"]
+
+
+def test_direction_files_and_their_checks(tmp_path) -> None:
+    from conftest import random_model
+    from glowtorch.latent_files import (
+        load_latents,
+        model_fingerprint,
+        read_directions,
+        save_latents,
+        write_directions,
+    )
+
+    model = random_model()
+    shapes = model.latent_shapes
+    directions = [torch.arange(2 * int(np.prod(s)), dtype=torch.float32).reshape(2, *s) for s in shapes]
+    path = write_directions(tmp_path / "d.safetensors", model, directions, ["smile", "age"], "celeba")
+    assert load_latents(path)[1]["dataset"] == "celeba"
+    read = read_directions(path, model)
+    assert list(read) == ["smile", "age"]
+    assert all(torch.equal(read["age"][i], directions[i][1]) for i in range(len(shapes)))
+    metadata = {"glowtorch": "directions", "model_fingerprint": model_fingerprint(model)}
+    tensors = {f"z{i}": d for i, d in enumerate(directions)}
+    for names, why in (('["a", "a"]', "does not name"), ('["a", ""]', "does not name"), ("[]", "does not name"),
+                       ("x", "does not name"), ('["a"]', "shapes")):  # fmt: skip
+        save_latents(tmp_path / "bad.safetensors", tensors, {**metadata, "attributes": names})
+        with pytest.raises(ValueError, match=why):
+            read_directions(tmp_path / "bad.safetensors", model)
+    nan = {**tensors, "z0": tensors["z0"].clone().index_fill_(0, torch.tensor([1]), float("nan"))}
+    save_latents(tmp_path / "nan.safetensors", nan, {**metadata, "attributes": '["a", "b"]'})
+    with pytest.raises(ValueError, match="not finite"):
+        read_directions(tmp_path / "nan.safetensors", model)
+    ints = {k: v.long() for k, v in tensors.items()}
+    save_latents(tmp_path / "int.safetensors", ints, {**metadata, "attributes": '["a", "b"]'})
+    with pytest.raises(ValueError, match="not finite"):
+        read_directions(tmp_path / "int.safetensors", model)
+    save_latents(
+        tmp_path / "lat.safetensors", tensors, {**metadata, "glowtorch": "latents", "attributes": '["a", "b"]'}
+    )
+    with pytest.raises(ValueError, match="not a glowtorch directions file"):
+        read_directions(tmp_path / "lat.safetensors", model)
