@@ -52,7 +52,16 @@ MODULES: dict[str, list[str]] = {
     "glowtorch.train.schedule": ["tests/test_units.py", "tests/test_reliability.py"],
     "glowtorch.train.diagnostics": ["tests/test_units.py", "tests/test_distributed.py"],
     "glowtorch.demo.explorer": ["tests/test_demo.py"],
-    "glowtorch.latent_files": ["tests/test_demo.py", "tests/test_latent.py"],
+    "glowtorch.latent_files": ["tests/test_units_data.py", "tests/test_latent.py", "tests/test_demo.py"],
+    "glowtorch.train.batches": ["tests/test_units_data.py", "tests/test_data.py", "tests/test_conditional.py"],
+    "glowtorch.train.run_dir": [
+        "tests/test_units_data.py",
+        "tests/test_hostile.py::test_resume_names_damaged_checkpoints_and_never_prunes_the_good_one",
+        "tests/test_hostile.py::test_a_run_stopped_before_its_first_checkpoint_can_be_resumed",
+        "tests/test_checkpoint.py",
+    ],
+    "glowtorch.data.store": ["tests/test_units_data.py", "tests/test_store.py"],
+    "glowtorch.data.sources": ["tests/test_units_data.py", "tests/test_data.py", "tests/test_hostile.py"],
     "glowtorch.data.image_files": [
         "tests/test_units.py",
         "tests/test_data.py",
