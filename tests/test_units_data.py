@@ -549,3 +549,75 @@ def test_direction_files_and_their_checks(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="not a glowtorch directions file"):
         read_directions(tmp_path / "lat.safetensors", model)
+
+
+# --------------------------------------------------------------------------- data.image_files
+def _png(path, height: int, width: int, value: int = 0, mode: str = "L"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    array = (np.arange(int(np.prod(shape))) * 7 + value).astype(np.uint8).reshape(shape)
+    Image.fromarray(array, mode).save(path)
+    return array
+
+
+def test_a_folders_splits_and_classes_by_hand(tmp_path) -> None:
+    from glowtorch.data.image_files import folder_listing
+
+    names = [f"a/{i:02d}.png" for i in range(5)] + [f"b/{i:02d}.png" for i in range(7)] + ["top.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"")
+    train, train_labels, classes = folder_listing(tmp_path, train=True)
+    test, test_labels, _ = folder_listing(tmp_path, train=False)
+    assert classes == ["a", "b"] and folder_listing(tmp_path, train=False)[2] == ["a", "b"]
+    assert test == [tmp_path / "b/04.png"] and test_labels.tolist() == [1]  # the 10th of the sorted files
+    assert train == [tmp_path / n for n in names if n != "b/04.png"]
+    assert train_labels.tolist() == [0] * 5 + [1] * 6 + [0]  # a file outside any class folder: class 0
+    # train/ and test/ folders are the splits; without class folders there are no labels
+    split = tmp_path / "split"
+    for name in ("train/x.png", "train/y.png", "test/z.png"):
+        (split / name).parent.mkdir(parents=True, exist_ok=True)
+        (split / name).write_bytes(b"")
+    assert folder_listing(split, True) == ([split / "train/x.png", split / "train/y.png"], None, None)
+    assert folder_listing(split, False) == ([split / "test/z.png"], None, None)
+    # class folders under train/ and test/: an index means the same class in both splits
+    classes = tmp_path / "classes"
+    for name in ("train/a/1.png", "train/c/2.png", "test/b/3.png", "test/c/4.png"):
+        (classes / name).parent.mkdir(parents=True, exist_ok=True)
+        (classes / name).write_bytes(b"")
+    train_split, test_split = folder_listing(classes, True), folder_listing(classes, False)
+    assert train_split[2] == test_split[2] == ["a", "b", "c"]
+    assert train_split[1].tolist() == [0, 2] and test_split[1].tolist() == [1, 2]
+    with pytest.raises(DataError, match="is not a directory"):
+        folder_listing(tmp_path / "top.png", True)
+
+
+def test_reading_a_list_of_image_files(tmp_path) -> None:
+    from glowtorch.data.image_files import first_image_size, read_image_files, read_images
+
+    gray = _png(tmp_path / "g.png", 3, 5, value=1)
+    colour = _png(tmp_path / "c.png", 3, 5, value=2, mode="RGB")
+    (tmp_path / "junk.png").write_text("no")
+    images, kept = read_images([tmp_path / "junk.png", tmp_path / "g.png", tmp_path / "c.png"], 1, None, "t")
+    assert kept == [1, 2] and images[0].tolist() == [gray.tolist()]
+    assert first_image_size([tmp_path / "junk.png", tmp_path / "c.png"], 3) == (3, 5)
+    with pytest.raises(DataError, match="no readable images"):
+        first_image_size([tmp_path / "junk.png"] * 50 + [tmp_path / "g.png"], 1)
+    with pytest.raises(DataError, match="no readable images"):
+        first_image_size([], 1)
+    stacked = read_image_files([tmp_path / "c.png", tmp_path / "c.png"], (3, 3, 5))
+    assert stacked.shape == (2, 3, 3, 5) and torch.equal(stacked[1], torch.from_numpy(colour).permute(2, 0, 1))
+    assert torch.equal(read_image_files([tmp_path / "g.png"], (1, 3, 5))[0, 0], torch.from_numpy(gray))
+    for paths, shape, why in (
+        ([tmp_path / "g.png"], (3, 3, 5), "is a grayscale image but the model expects 3"),
+        ([tmp_path / "c.png"], (1, 3, 5), "is a colour image but the model expects 1"),
+        ([tmp_path / "g.png"], (1, 5, 3), "is 5x3 but the model expects 3x5"),
+        ([tmp_path / "g.png"], (1, 3, 4), "is 5x3 but the model expects 4x3"),
+        ([], (1, 3, 5), "no images given"),
+        ([tmp_path / "junk.png"], (1, 3, 5), "not a readable image"),
+    ):
+        with pytest.raises(DataError, match=why):
+            read_image_files(paths, shape)

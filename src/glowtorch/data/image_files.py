@@ -159,18 +159,35 @@ def first_image_size(files: list[Path], channels: int) -> tuple[int, int]:
 def folder_listing(root: Path, train: bool) -> tuple[list[Path], Tensor | None, list[str] | None]:
     """The image folder's files of one split (sorted), each file's class (its first sub-folder's index)
     and the class names, or None without sub-folders. ``train/`` and ``test/`` sub-folders are the
-    splits if present, otherwise every 10th file is held out for testing."""
+    splits if present, otherwise every 10th file is held out for testing. The class names are those of
+    both splits, so a class index means the same in each (a class with no file in one split keeps its
+    place)."""
     if not root.is_dir():
         raise DataError(f"{root} is not a directory")
     split_dir = root / ("train" if train else "test")
     has_splits = split_dir.is_dir()
     base = split_dir if has_splits else root
-    files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not has_splits:
+    files = _visible_files(base)
+    if has_splits:
+        other = root / ("test" if train else "train")
+        class_dirs = sorted(
+            _class_names(base, files) | (_class_names(other, _visible_files(other)) if other.is_dir() else set())
+        )
+    else:
+        class_dirs = sorted(_class_names(base, files))
         files = [p for i, p in enumerate(files) if (i % 10 == 9) != train]
-    class_dirs = sorted({p.parent.relative_to(base).parts[0] for p in files if p.parent != base})
     if not class_dirs:
         return files, None, None
     index = {name: i for i, name in enumerate(class_dirs)}
     labels = torch.tensor([index.get(p.relative_to(base).parts[0], 0) for p in files], dtype=torch.int64)
     return files, labels, class_dirs
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (sorted), hidden ones left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _class_names(base: Path, files: list[Path]) -> set[str]:
+    """The first sub-folders of ``base`` that hold any of ``files``."""
+    return {p.parent.relative_to(base).parts[0] for p in files if p.parent != base}
