@@ -66,6 +66,25 @@ def test_the_noise_and_labels_of_a_batch_by_hand() -> None:
     assert _source(config, labels=False)(2).y is None
 
 
+def test_the_shifts_and_perturbations_of_a_batch_by_hand() -> None:
+    """Shifts from the step's stream 6, then each pixel replaced with probability ``perturb`` by a value in
+    0..255, both drawn from stream 7 (which pixels, then which values): the streams pin the batch."""
+    from glowtorch.data.augment import random_shift
+    from glowtorch.preprocess import to_uint8
+
+    config = TrainConfig(batch_size=8, steps=1, seed=4, flip=False, shift=1, perturb=0.5)
+    batch = _source(config)(3)
+    raw = _ramp_dataset().images[batch.indices]
+    shifted = random_shift(raw, 1, step_generator(4, 3, stream=6))
+    generator = step_generator(4, 3, stream=7)
+    hit = torch.rand((8, 1, 2, 2), generator=generator) < 0.5
+    values = torch.randint(0, 256, (8, 1, 2, 2), generator=generator, dtype=torch.uint8)
+    expected = torch.where(hit, values, shifted)
+    assert torch.equal(to_uint8(batch.x, 8), expected)
+    assert not torch.equal(shifted, raw)  # the case has shifts and hits
+    assert 0 < hit.float().mean() < 1
+
+
 def test_each_process_reads_its_rows_of_the_global_batch() -> None:
     """Two processes' shares, stacked, are one process's batch: the same images, noise, flips and shifts."""
     config = TrainConfig(batch_size=8, steps=1, seed=2, flip=True, shift=1)
@@ -154,6 +173,9 @@ def test_opening_a_run_folder(tmp_path) -> None:
     assert run.open(resume=True, warn=said.append) is None
     assert len(said) == 1 and "starting it again" in said[0]
     assert not run.has_checkpoint()
+    # a new run's folder is made with its parents
+    assert _run_dir(tmp_path / "new" / "deeper" / "run").open(resume=False) is None
+    assert (tmp_path / "new" / "deeper" / "run").is_dir()
     # --resume of a folder that holds no run: nothing to resume
     with pytest.raises(CheckpointError, match="nothing to resume"):
         _run_dir(tmp_path / "empty").open(resume=True, warn=said.append)
