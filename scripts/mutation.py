@@ -107,6 +107,10 @@ def _protected(tree: ast.AST) -> set[int]:
             skip.update(id(n) for n in ast.walk(node))
         if isinstance(node, ast.AnnAssign):  # annotations are not evaluated (from __future__ import annotations)
             skip.update(id(n) for n in ast.walk(node.annotation))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # a nested function's annotations too
+            for annotation in [node.returns, *(a.annotation for a in ast.walk(node.args) if isinstance(a, ast.arg))]:
+                if annotation is not None:
+                    skip.update(id(n) for n in ast.walk(annotation))
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
             if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):

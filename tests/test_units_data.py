@@ -214,7 +214,10 @@ def test_an_evaluations_files_and_what_a_failed_save_says(tmp_path, monkeypatch)
     grid = torch.randint(0, 256, (4, 1, 4, 4), dtype=torch.uint8)
     run = _run_dir(tmp_path)
     run.save(5, {"step": 5, "elapsed_s": 60.0, "test_bpd": 3.0}, grid, 2, model, {"step": 5}, keep=2)
-    assert (tmp_path / "samples" / "step_00000005.png").is_file()
+    from glowtorch.images import save_grid
+
+    save_grid(grid, tmp_path / "expected.png", 2, scale=2)  # each pixel drawn as 2x2
+    assert (tmp_path / "samples" / "step_00000005.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
     assert json.loads(run.metrics_path.read_text()) == {"step": 5, "elapsed_s": 60.0, "test_bpd": 3.0}
     assert (tmp_path / "bpd.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
     assert [p.name for p in checkpoint_paths(tmp_path)] == ["step_00000005.pt"]
@@ -386,7 +389,7 @@ def _idx(array: np.ndarray) -> bytes:
     return struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
 
-def test_idx_files_by_hand(tmp_path) -> None:
+def test_idx_files_by_hand(tmp_path, monkeypatch) -> None:
     from glowtorch.data.sources import _read_idx, load_mnist
 
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
@@ -409,6 +412,8 @@ def test_idx_files_by_hand(tmp_path) -> None:
     test = load_mnist(folder, train=False)
     assert torch.equal(test.images, torch.from_numpy(images).unsqueeze(1)) and test.labels.tolist() == [7, 1]
     assert test.labels.dtype == torch.int64
+    monkeypatch.setenv("GLOWTORCH_CACHE", str(tmp_path))  # no --data-dir: the cache's mnist folder
+    assert torch.equal(load_mnist(None, train=False).images, test.images)
     (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.array([7, 1, 2], np.uint8)))
     with pytest.raises(DataError, match="do not match"):
         load_mnist(folder, train=False)
@@ -498,7 +503,7 @@ def test_the_fingerprint_is_a_hash_of_the_config_and_weights_by_hand() -> None:
 
 def test_latents_written_and_read_back(tmp_path) -> None:
     from conftest import random_model
-    from glowtorch.latent_files import load_latents, model_fingerprint, read_latents, write_latents
+    from glowtorch.latent_files import load_latents, model_fingerprint, read_latents, save_latents, write_latents
 
     model = random_model()
     zs = [torch.arange(6.0).reshape(1, 6) + i for i in range(3)]
@@ -514,6 +519,9 @@ def test_latents_written_and_read_back(tmp_path) -> None:
     read.check_model(model, path)
     with pytest.raises(ValueError, match="made with another model"):
         read.check_model(random_model(seed=1), path)
+    tensors["zoom"] = torch.zeros(2)  # another tensor whose name starts with z is not a level
+    save_latents(tmp_path / "extra.safetensors", tensors, metadata)
+    assert len(read_latents(tmp_path / "extra.safetensors").zs) == 3
     bare = read_latents(
         write_latents(tmp_path / "b.safetensors", model, [zs[0].double()], checkpoint="pretrained:mnist")
     )
