@@ -447,6 +447,32 @@ def test_cifar_batches_and_their_checks(tmp_path) -> None:
         load_cifar10(tmp_path / "outer", train=True)
 
 
+def test_cifar_without_a_folder_is_downloaded_checked_and_unpacked_into_the_cache(tmp_path, monkeypatch) -> None:
+    import hashlib
+    import shutil
+    import tarfile
+
+    import glowtorch.data.sources as sources
+
+    data = np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072)
+    (tmp_path / "batch").write_bytes(pickle.dumps({b"data": data, b"labels": [5, 6]}))
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "batch", arcname="cifar-10-batches-py/test_batch")
+    monkeypatch.setattr(sources, "CIFAR_URL", archive.as_uri())
+    monkeypatch.setattr(sources, "CIFAR_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setenv("GLOWTORCH_CACHE", str(tmp_path / "cache"))
+    test = sources.load_cifar10(None, train=False)
+    assert test.labels.tolist() == [5, 6] and test.images[1, 0, 0, 0] == data[1, 0]
+    assert (tmp_path / "cache" / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
+    assert (tmp_path / "cache" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
+    assert torch.equal(sources.load_cifar10(None, train=False).images, test.images)  # now read from the cache
+    (tmp_path / "cache" / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"damaged")
+    shutil.rmtree(tmp_path / "cache" / "cifar10" / "cifar-10-batches-py")
+    with pytest.raises(DataError, match="not a readable CIFAR-10 archive"):
+        sources.load_cifar10(None, train=False)
+
+
 def test_celeba_attributes_and_split_by_hand(tmp_path) -> None:
     from glowtorch.data.sources import celeba_split, read_celeba_attributes
 
