@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -477,6 +478,7 @@ def test_celeba_attributes_and_split_by_hand(tmp_path) -> None:
     from glowtorch.data.sources import celeba_split, read_celeba_attributes
 
     rows = [f"{i:06d}.jpg " + ("1 -1" if i % 3 else "-1 1") for i in range(1, 21)]
+    rows[0] += " 1"  # a value past the named attributes is not read
     (tmp_path / "list.txt").write_text("20\nSmiling Young\n" + "\n".join(rows) + "\n\n")
     files, names, values = read_celeba_attributes(tmp_path / "list.txt")
     assert names == ["Smiling", "Young"] and len(files) == 20 and files[0] == "000001.jpg"
@@ -488,6 +490,44 @@ def test_celeba_attributes_and_split_by_hand(tmp_path) -> None:
     (tmp_path / "bad.txt").write_text("1\nSmiling\n000001.jpg yes\n")
     with pytest.raises(DataError, match="not a CelebA attribute file"):
         read_celeba_attributes(tmp_path / "bad.txt")
+
+
+def test_celeba_and_svhn_folders(tmp_path, monkeypatch) -> None:
+    from scipy.io import savemat
+
+    from glowtorch.data.image_files import read_image
+    from glowtorch.data.sources import load_celeba, load_svhn
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GLOWTORCH_CACHE", str(cache))
+    names = [f"{i:06d}.png" for i in range(1, 11)]
+    for i, name in enumerate(names):
+        _png(cache / "celeba" / "img_align_celeba" / name, 6, 4, value=i, mode="RGB")
+    rows = "\n".join(f"{name} {'1' if i % 2 else '-1'}" for i, name in enumerate(names))
+    with pytest.raises(DataError, match="CelebA needs"):  # the attribute file is missing
+        load_celeba(None, train=True)
+    (cache / "celeba" / "list_attr_celeba.txt").write_text(f"10\nSmiling\n{rows}\n")
+    train = load_celeba(None, train=True, size=4, limit=3)  # no --data-dir: the cache's celeba folder
+    assert train.images.shape == (3, 3, 4, 4) and train.attribute_names == ["Smiling"]
+    assert train.attributes.flatten().tolist() == [False, True, False] and train.labels is None
+    first = read_image(cache / "celeba" / "img_align_celeba" / names[0], 3, 4)
+    assert torch.equal(train.images[0], first)
+    assert len(load_celeba(None, train=True, size=4)) == 9 and len(load_celeba(None, train=False, size=4)) == 1
+    (cache / "celeba" / "img_align_celeba" / names[9]).unlink()
+    with pytest.raises(DataError, match="1 CelebA images listed in .* are missing or unreadable"):
+        load_celeba(None, train=False, size=4)
+    shutil.rmtree(cache / "celeba" / "img_align_celeba")
+    with pytest.raises(DataError, match="CelebA needs"):  # the images are missing
+        load_celeba(None, train=True)
+    # SVHN: (H, W, C, N) pixels, label 10 for the digit 0
+    pixels = np.arange(32 * 32 * 3 * 2).astype(np.uint8).reshape(32, 32, 3, 2)
+    (cache / "svhn").mkdir()
+    savemat(cache / "svhn" / "test_32x32.mat", {"X": pixels, "y": np.array([[10], [3]], np.uint8)})
+    svhn = load_svhn(None, train=False)
+    assert svhn.labels.tolist() == [0, 3] and svhn.images[1, 2, 5, 7] == pixels[5, 7, 2, 1]
+    (cache / "svhn" / "test_32x32.mat").write_bytes(b"junk")
+    with pytest.raises(DataError, match="is not an SVHN .mat file"):
+        load_svhn(None, train=False)
 
 
 def test_load_source_resizes_to_the_asked_size() -> None:
