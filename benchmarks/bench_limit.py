@@ -63,9 +63,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def timed(fn, repeats: int, min_seconds: float = 0.0) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls (at least ``min_seconds`` in all), after one warm call."""
-    fn()
+def timed(fn, repeats: int, min_seconds: float = 0.0, warm: bool = True) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls (at least ``min_seconds`` in all), after one warm call
+    (unless ``warm`` is False: the caller has just run it)."""
+    if warm:
+        fn()
     times: list[float] = []
     began = time.perf_counter()
     while len(times) < repeats or time.perf_counter() - began < min_seconds:
@@ -261,8 +263,8 @@ def measure(name: str, precision: str, args, peaks: dict) -> dict:
         repeats = 1 if name == "mnist" else args.steps  # the paper's preset: seconds per step
         for _ in range(0 if name == "mnist" else args.warmup):  # warmup, and compilation where compiled
             train_step(bench)
-        step_s = timed(lambda: train_step(bench), repeats)
-        work = step_flops(bench)
+        work = step_flops(bench)  # each count is also the warm call of the timing after it
+        step_s = timed(lambda: train_step(bench), repeats, warm=False)
         ema = trainer.ema.eval()
         sample_batch = batch
 
@@ -270,10 +272,10 @@ def measure(name: str, precision: str, args, peaks: dict) -> dict:
             with torch.no_grad():
                 ema.sample(sample_batch, temperature=0.7)
 
-        sample_work, sample_s = flops(sample), timed(sample, repeats)
-        images = trainer.train_data.images[: 64 if name == "mnist" else args.eval_images]
+        sample_work, sample_s = flops(sample), timed(sample, repeats, warm=False)
+        images = trainer.train_data.images[: min(args.eval_images, 8 * batch) if name != "mnist" else batch]
         evaluate = lambda: score_images(ema, images, batch_size=min(500, len(images)))  # noqa: E731
-        eval_work, eval_s = flops(evaluate), timed(evaluate, min(2, repeats))
+        eval_work, eval_s = flops(evaluate), timed(evaluate, min(2, repeats), warm=False)
         eval_peak = peaks["float32"]["peak"]  # every likelihood is computed in float32
         result = dict(
             name=name, precision=chosen, compiled=bench.compiled, batch=batch,
@@ -337,7 +339,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="float32,auto")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (1 for mnist)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation included)")
-    parser.add_argument("--eval-images", type=int, default=500)
+    parser.add_argument("--eval-images", type=int, default=500, help="at most (8 batches' worth)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="compile the training step (default: as the config's preset does)")  # fmt: skip
     parser.add_argument("--no-detail", dest="detail", action="store_false", help="skip the per-convolution "
