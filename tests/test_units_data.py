@@ -255,6 +255,11 @@ def test_an_array_writer_file_is_the_npy_of_what_was_written(tmp_path) -> None:
     assert b"'shape': (5, 1, 2, 3)" in header
     with pytest.raises(ValueError, match="header too long"):
         _npy_header((5, 1, 2, 3), 64)
+    text = repr({"descr": "|u1", "fortran_order": False, "shape": (5, 1, 2, 3)})
+    exact = _npy_header((5, 1, 2, 3), 11 + len(text))  # the text fills it: no padding, still a header
+    assert exact.endswith(text.encode() + b"\n")
+    with pytest.raises(ValueError, match="header too long"):
+        _npy_header((5, 1, 2, 3), 10 + len(text))
     images = np.arange(5 * 6, dtype=np.uint8).reshape(5, 1, 2, 3)
     writer = ArrayWriter(tmp_path / "a.npy", capacity=9, image_shape=(1, 2, 3))
     writer.write(images[:3])
