@@ -309,10 +309,15 @@ def test_a_decoding_workers_chunk(tmp_path) -> None:
 
 
 def test_a_prepared_digits_store_by_hand(tmp_path) -> None:
+    import os
+    import stat
+
     from glowtorch.data import load_dataset
     from glowtorch.data.store import open_store, prepare_store
+    from glowtorch.files import current_umask
 
     manifest = prepare_store("digits", None, tmp_path / "store")
+    assert stat.S_IMODE(os.stat(tmp_path / "store").st_mode) == 0o777 & ~current_umask()  # not mkdtemp's 0700
     assert (manifest["format"], manifest["version"], manifest["dataset"]) == ("glowtorch prepared store", 1, "digits")
     assert (manifest["image_size"], manifest["channels"], manifest["source"]) == (8, 1, None)
     assert manifest["splits"]["train"] == {
@@ -329,6 +334,25 @@ def test_a_prepared_digits_store_by_hand(tmp_path) -> None:
     with pytest.raises(DataError, match="already holds a prepared store"):
         prepare_store("digits", None, tmp_path / "store")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_prepared_celeba_store_by_hand(tmp_path) -> None:
+    """CelebA is decoded in worker processes, centre-cropped and resized; its split follows the attribute file."""
+    from glowtorch.data.image_files import read_image
+    from glowtorch.data.store import open_store, prepare_store
+
+    names = [f"{i:06d}.png" for i in range(1, 11)]
+    for i, name in enumerate(names):
+        _png(tmp_path / "celeba" / "img_align_celeba" / name, 6, 5, value=3 * i, mode="RGB")
+    rows = "\n".join(f"{name} {'1' if i % 3 else '-1'}" for i, name in enumerate(names))
+    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(f"10\nSmiling\n{rows}\n")
+    manifest = prepare_store("celeba", tmp_path / "celeba", tmp_path / "deeper" / "store", image_size=4, workers=1)
+    assert manifest["splits"]["train"]["count"] == 9 and manifest["splits"]["test"]["count"] == 1
+    assert manifest["splits"]["train"]["attribute_names"] == ["Smiling"] and manifest["image_size"] == 4
+    train = open_store(tmp_path / "deeper" / "store", train=True)
+    assert train.attributes.flatten().tolist() == [bool(i % 3) for i in range(9)] and train.labels is None
+    expected = read_image(tmp_path / "celeba" / "img_align_celeba" / names[4], 3, 4)
+    assert torch.equal(train.images[4], expected)
 
 
 def test_a_stores_attributes_must_match_its_images(tmp_path) -> None:
