@@ -353,6 +353,25 @@ def test_a_prepared_celeba_store_by_hand(tmp_path) -> None:
     assert train.attributes.flatten().tolist() == [bool(i % 3) for i in range(9)] and train.labels is None
     expected = read_image(tmp_path / "celeba" / "img_align_celeba" / names[4], 3, 4)
     assert torch.equal(train.images[4], expected)
+    # without --image-size: CelebA at 64x64, a folder at its first readable image's shorter side
+    assert prepare_store("celeba", tmp_path / "celeba", tmp_path / "s64", workers=1)["image_size"] == 64
+    folder = tmp_path / "folder"
+    (folder / "a.png").parent.mkdir()
+    (folder / "a.png").write_text("not an image")
+    for i in range(11):
+        _png(folder / f"b{i:02d}.png", 6, 5 + i % 2)
+    assert prepare_store("folder", folder, tmp_path / "s5", channels=1, workers=1)["image_size"] == 5
+
+
+def test_a_prepare_that_fails_on_bad_data_says_so_even_on_a_full_disk(tmp_path, monkeypatch) -> None:
+    import glowtorch.data.store as store
+
+    monkeypatch.setattr(store, "disk_full", lambda *args: True)  # only an OSError is a disk's error
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_text("not an image")
+    with pytest.raises(DataError, match="no readable images"):
+        store.prepare_store("folder", tmp_path / "images", tmp_path / "out", workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
 
 def test_a_stores_attributes_must_match_its_images(tmp_path) -> None:
