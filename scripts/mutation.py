@@ -63,6 +63,7 @@ MODULES: dict[str, list[str]] = {
     "glowtorch.data.store": ["tests/test_units_data.py", "tests/test_store.py"],
     "glowtorch.data.sources": ["tests/test_units_data.py", "tests/test_data.py", "tests/test_hostile.py"],
     "glowtorch.data.image_files": [
+        "tests/test_units_data.py",
         "tests/test_units.py",
         "tests/test_data.py",
         "tests/test_hostile.py::test_a_sixteen_bit_png_is_scaled_not_clipped",
