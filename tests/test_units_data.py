@@ -245,154 +245,107 @@ def test_an_evaluations_files_and_what_a_failed_save_says(tmp_path, monkeypatch)
     assert not (tmp_path / "other").exists()
 
 
-# --------------------------------------------------------------------------- data.store
-def test_an_array_writer_file_is_the_npy_of_what_was_written(tmp_path) -> None:
-    from glowtorch.data.store import HEADER_BYTES, ArrayWriter, _npy_header
-
-    header = _npy_header((5, 1, 2, 3), HEADER_BYTES)
-    assert len(header) == HEADER_BYTES == 192 and header.startswith(b"\x93NUMPY\x01\x00")
-    assert struct.unpack("<H", header[8:10]) == (182,) and header.endswith(b"\n")
-    assert b"'shape': (5, 1, 2, 3)" in header
-    with pytest.raises(ValueError, match="header too long"):
-        _npy_header((5, 1, 2, 3), 64)
-    text = repr({"descr": "|u1", "fortran_order": False, "shape": (5, 1, 2, 3)})
-    exact = _npy_header((5, 1, 2, 3), 11 + len(text))  # the text fills it: no padding, still a header
-    assert exact.endswith(text.encode() + b"\n")
-    with pytest.raises(ValueError, match="header too long"):
-        _npy_header((5, 1, 2, 3), 10 + len(text))
-    images = np.arange(5 * 6, dtype=np.uint8).reshape(5, 1, 2, 3)
-    writer = ArrayWriter(tmp_path / "a.npy", capacity=9, image_shape=(1, 2, 3))
-    writer.write(images[:3])
-    writer.write(images[3:].astype(np.int64))  # converted to bytes as written
-    writer.close()
-    assert writer.count == 5
-    read = np.load(tmp_path / "a.npy")
-    assert read.dtype == np.uint8 and np.array_equal(read, images)
-    assert (tmp_path / "a.npy").stat().st_size == 192 + 30
-
-
-def test_the_listing_checksum_is_of_names_sizes_and_times(tmp_path) -> None:
+# --------------------------------------------------------------------------- latent_files
+def test_the_fingerprint_is_a_hash_of_the_config_and_weights_by_hand() -> None:
     import hashlib
-    import os
 
-    from glowtorch.data.store import _listing_checksum
+    from conftest import tiny_config
+    from glowtorch.latent_files import model_fingerprint
+    from glowtorch.model import Glow
 
-    (tmp_path / "c").mkdir()
-    paths = [tmp_path / "a.png", tmp_path / "c" / "b.png"]
-    for i, path in enumerate(paths):
-        path.write_bytes(b"x" * (i + 3))
-        os.utime(path, ns=(10**9, (i + 1) * 10**9))
-    expected = hashlib.sha256(f"a.png\x003\x00{10**9}\nc/b.png\x004\x00{2 * 10**9}\n".encode()).hexdigest()
-    assert _listing_checksum(paths, tmp_path) == expected
-    os.utime(paths[1], ns=(10**9, 3 * 10**9))
-    assert _listing_checksum(paths, tmp_path) != expected
-
-
-def test_a_decoding_workers_chunk(tmp_path) -> None:
-    from PIL import Image
-
-    from glowtorch.data.image_files import read_image
-    from glowtorch.data.store import _decode_chunk
-
-    for name, value in (("a.png", 10), ("c.png", 200)):
-        Image.fromarray(np.full((6, 6), value, np.uint8), "L").save(tmp_path / name)
-    (tmp_path / "b.png").write_text("not an image")
-    paths = [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")]
-    images, kept = _decode_chunk((paths, 1, 4))
-    assert kept == [0, 2]
-    assert images.shape == (2, 1, 4, 4) and images.dtype == np.uint8
-    assert np.array_equal(images[1], read_image(tmp_path / "c.png", 1, 4).numpy())
-    assert images[0].tolist() == np.full((1, 4, 4), 10).tolist()
-    none, kept = _decode_chunk(([paths[1]], 3, 5))
-    assert none.shape == (0, 3, 5, 5) and kept == []
-    assert _decode_chunk(([paths[1]], 1, None))[0].shape == (0, 1, 1, 1)
+    torch.manual_seed(0)
+    model = Glow(tiny_config())
+    config = model.config.to_dict()
+    for field, value in (("class_prior", "channel"), ("coupling_network", "actnorm"), ("zero_conv_padding", 0.0),
+                         ("condition", ""), ("context_features", 32)):  # fmt: skip
+        assert config.pop(field) == value  # fields added later, at their first value: left out of the hash
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert model_fingerprint(model) == digest.hexdigest()[:16]
+    other = Glow(tiny_config(context_features=16))  # a later field at another value is in the hash
+    other.load_state_dict(model.state_dict(), strict=False)
+    assert model_fingerprint(other) != model_fingerprint(model)
 
 
-def test_a_prepared_digits_store_by_hand(tmp_path) -> None:
-    import os
-    import stat
+def test_latents_written_and_read_back(tmp_path) -> None:
+    from conftest import random_model
+    from glowtorch.latent_files import load_latents, model_fingerprint, read_latents, save_latents, write_latents
 
-    from glowtorch.data import load_dataset
-    from glowtorch.data.store import open_store, prepare_store
-    from glowtorch.files import current_umask
-
-    manifest = prepare_store("digits", None, tmp_path / "store")
-    assert stat.S_IMODE(os.stat(tmp_path / "store").st_mode) == 0o777 & ~current_umask()  # not mkdtemp's 0700
-    assert (manifest["format"], manifest["version"], manifest["dataset"]) == ("glowtorch prepared store", 1, "digits")
-    assert (manifest["image_size"], manifest["channels"], manifest["source"]) == (8, 1, None)
-    assert manifest["splits"]["train"] == {
-        "count": 1500, "shape": [1500, 1, 8, 8], "images": "images.npy", "labels": "labels.npy",
-        "class_names": [str(i) for i in range(10)], "skipped": 0,
-    }  # fmt: skip
-    assert manifest["splits"]["test"]["count"] == 297
-    assert json.loads((tmp_path / "store" / "manifest.json").read_text()) == manifest
-    for train in (True, False):
-        stored, direct = open_store(tmp_path / "store", train), load_dataset("digits", train=train)
-        assert torch.equal(stored.images, direct.images) and torch.equal(stored.labels, direct.labels)
-        assert stored.class_names == direct.class_names and stored.attributes is None
-    assert open_store(tmp_path / "store", image_size=8).images.shape == (1500, 1, 8, 8)
-    with pytest.raises(DataError, match="already holds a prepared store"):
-        prepare_store("digits", None, tmp_path / "store")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
-
-
-def test_a_prepared_celeba_store_by_hand(tmp_path) -> None:
-    """CelebA is decoded in worker processes, centre-cropped and resized; its split follows the attribute file."""
-    from glowtorch.data.image_files import read_image
-    from glowtorch.data.store import open_store, prepare_store
-
-    names = [f"{i:06d}.png" for i in range(1, 11)]
-    for i, name in enumerate(names):
-        _png(tmp_path / "celeba" / "img_align_celeba" / name, 6, 5, value=3 * i, mode="RGB")
-    rows = "\n".join(f"{name} {'1' if i % 3 else '-1'}" for i, name in enumerate(names))
-    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(f"10\nSmiling\n{rows}\n")
-    manifest = prepare_store("celeba", tmp_path / "celeba", tmp_path / "deeper" / "store", image_size=4, workers=1)
-    assert manifest["splits"]["train"]["count"] == 9 and manifest["splits"]["test"]["count"] == 1
-    assert manifest["splits"]["train"]["attribute_names"] == ["Smiling"] and manifest["image_size"] == 4
-    train = open_store(tmp_path / "deeper" / "store", train=True)
-    assert train.attributes.flatten().tolist() == [bool(i % 3) for i in range(9)] and train.labels is None
-    expected = read_image(tmp_path / "celeba" / "img_align_celeba" / names[4], 3, 4)
-    assert torch.equal(train.images[4], expected)
-    # without --image-size: CelebA at 64x64, a folder at its first readable image's shorter side
-    assert prepare_store("celeba", tmp_path / "celeba", tmp_path / "s64", workers=1)["image_size"] == 64
-    folder = tmp_path / "folder"
-    (folder / "a.png").parent.mkdir()
-    (folder / "a.png").write_text("not an image")
-    for i in range(11):
-        _png(folder / f"b{i:02d}.png", 6, 5 + i % 2)
-    assert prepare_store("folder", folder, tmp_path / "s5", channels=1, workers=1)["image_size"] == 5
+    model = random_model()
+    zs = [torch.arange(6.0).reshape(1, 6) + i for i in range(3)]
+    path = write_latents(tmp_path / "z.safetensors", model, zs, y=torch.tensor([4]), names=["../a b.png"],
+                         checkpoint=tmp_path / "run" / ".." / "model", context=torch.ones(1, 2))  # fmt: skip
+    tensors, metadata = load_latents(path)
+    assert sorted(tensors) == ["context", "y", "z0", "z1", "z2"]
+    assert metadata == {"glowtorch": "latents", "model_fingerprint": model_fingerprint(model), "precision": "float32",
+                        "files": '["../a b.png"]', "checkpoint": str((tmp_path / "model").resolve())}  # fmt: skip
+    read = read_latents(path)
+    assert [z.tolist() for z in read.zs] == [z.tolist() for z in zs]
+    assert read.y.tolist() == [4] and read.names == ["a_b.png"] and read.context.tolist() == [[1.0, 1.0]]
+    read.check_model(model, path)
+    with pytest.raises(ValueError, match="made with another model"):
+        read.check_model(random_model(seed=1), path)
+    tensors["zoom"] = torch.zeros(2)  # another tensor whose name starts with z is not a level
+    save_latents(tmp_path / "extra.safetensors", tensors, metadata)
+    assert len(read_latents(tmp_path / "extra.safetensors").zs) == 3
+    bare = read_latents(
+        write_latents(tmp_path / "b.safetensors", model, [zs[0].double()], checkpoint="pretrained:mnist")
+    )
+    assert bare.y is None and bare.context is None and bare.names == ["image_0000"]
+    assert (
+        bare.checkpoint == "pretrained:mnist" and load_latents(tmp_path / "b.safetensors")[1]["precision"] == "float64"
+    )
 
 
-def test_a_prepare_that_fails_on_bad_data_says_so_even_on_a_full_disk(tmp_path, monkeypatch) -> None:
-    import glowtorch.data.store as store
+def test_names_from_a_latent_file_become_safe_distinct_file_names() -> None:
+    from glowtorch.latent_files import _safe_names
 
-    monkeypatch.setattr(store, "disk_full", lambda *args: True)  # only an OSError is a disk's error
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "a.png").write_text("not an image")
-    with pytest.raises(DataError, match="no readable images"):
-        store.prepare_store("folder", tmp_path / "images", tmp_path / "out", workers=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+    given = ["dir/x.png", "C:\\u\\y.png", "x.png", "..", "a?b*.png", 7, "", "é.png"]
+    assert _safe_names(given, 9) == [
+        "x.png", "y.png", "image_0002", "image_0003", "a_b_.png", "image_0005", "image_0006", "é.png", "image_0008",
+    ]  # fmt: skip
+    assert _safe_names(["a", "b", "c"], 2) == ["a", "b"]
 
 
-def test_a_stores_attributes_must_match_its_images(tmp_path) -> None:
-    from glowtorch.data.store import MANIFEST, _write_split, open_store
+def test_direction_files_and_their_checks(tmp_path) -> None:
+    from conftest import random_model
+    from glowtorch.latent_files import (
+        load_latents,
+        model_fingerprint,
+        read_directions,
+        save_latents,
+        write_directions,
+    )
 
-    images = np.arange(3 * 4, dtype=np.uint8).reshape(3, 1, 2, 2)
-    attributes = torch.tensor([[True, False], [False, False], [True, True]])
-    entry = _write_split(tmp_path / "train", images, {"attributes": attributes, "attribute_names": ["x", "y"]})
-    assert entry == {"count": 3, "shape": [3, 1, 2, 2], "images": "images.npy", "attributes": "attributes.npy",
-                     "attribute_names": ["x", "y"]}  # fmt: skip
-    manifest = {"format": "glowtorch prepared store", "splits": {"train": entry}}
-    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    data = open_store(tmp_path)
-    assert torch.equal(data.attributes, attributes) and data.attribute_names == ["x", "y"] and data.labels is None
-    assert torch.equal(data.images, torch.from_numpy(images))
-    np.save(tmp_path / "train" / "attributes.npy", attributes.numpy()[:2])
-    with pytest.raises(DataError, match="attributes.npy does not match"):
-        open_store(tmp_path)
-    (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "format": "other"}))
-    with pytest.raises(DataError, match="not a valid manifest"):
-        open_store(tmp_path)
+    model = random_model()
+    shapes = model.latent_shapes
+    directions = [torch.arange(2 * int(np.prod(s)), dtype=torch.float32).reshape(2, *s) for s in shapes]
+    path = write_directions(tmp_path / "d.safetensors", model, directions, ["smile", "age"], "celeba")
+    assert load_latents(path)[1]["dataset"] == "celeba"
+    read = read_directions(path, model)
+    assert list(read) == ["smile", "age"]
+    assert all(torch.equal(read["age"][i], directions[i][1]) for i in range(len(shapes)))
+    metadata = {"glowtorch": "directions", "model_fingerprint": model_fingerprint(model)}
+    tensors = {f"z{i}": d for i, d in enumerate(directions)}
+    for names, why in (('["a", "a"]', "does not name"), ('["a", ""]', "does not name"), ("[]", "does not name"),
+                       ("x", "does not name"), ('["a"]', "shapes")):  # fmt: skip
+        save_latents(tmp_path / "bad.safetensors", tensors, {**metadata, "attributes": names})
+        with pytest.raises(ValueError, match=why):
+            read_directions(tmp_path / "bad.safetensors", model)
+    nan = {**tensors, "z0": tensors["z0"].clone().index_fill_(0, torch.tensor([1]), float("nan"))}
+    save_latents(tmp_path / "nan.safetensors", nan, {**metadata, "attributes": '["a", "b"]'})
+    with pytest.raises(ValueError, match="not finite"):
+        read_directions(tmp_path / "nan.safetensors", model)
+    ints = {k: v.long() for k, v in tensors.items()}
+    save_latents(tmp_path / "int.safetensors", ints, {**metadata, "attributes": '["a", "b"]'})
+    with pytest.raises(ValueError, match="not finite"):
+        read_directions(tmp_path / "int.safetensors", model)
+    save_latents(
+        tmp_path / "lat.safetensors", tensors, {**metadata, "glowtorch": "latents", "attributes": '["a", "b"]'}
+    )
+    with pytest.raises(ValueError, match="not a glowtorch directions file"):
+        read_directions(tmp_path / "lat.safetensors", model)
 
 
 # --------------------------------------------------------------------------- data.sources
@@ -592,109 +545,6 @@ def test_load_source_resizes_to_the_asked_size() -> None:
     assert torch.equal(load_source("digits", None, train=False, image_size=8).images, digits.images)
 
 
-# --------------------------------------------------------------------------- latent_files
-def test_the_fingerprint_is_a_hash_of_the_config_and_weights_by_hand() -> None:
-    import hashlib
-
-    from conftest import tiny_config
-    from glowtorch.latent_files import model_fingerprint
-    from glowtorch.model import Glow
-
-    torch.manual_seed(0)
-    model = Glow(tiny_config())
-    config = model.config.to_dict()
-    for field, value in (("class_prior", "channel"), ("coupling_network", "actnorm"), ("zero_conv_padding", 0.0),
-                         ("condition", ""), ("context_features", 32)):  # fmt: skip
-        assert config.pop(field) == value  # fields added later, at their first value: left out of the hash
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    assert model_fingerprint(model) == digest.hexdigest()[:16]
-    other = Glow(tiny_config(context_features=16))  # a later field at another value is in the hash
-    other.load_state_dict(model.state_dict(), strict=False)
-    assert model_fingerprint(other) != model_fingerprint(model)
-
-
-def test_latents_written_and_read_back(tmp_path) -> None:
-    from conftest import random_model
-    from glowtorch.latent_files import load_latents, model_fingerprint, read_latents, save_latents, write_latents
-
-    model = random_model()
-    zs = [torch.arange(6.0).reshape(1, 6) + i for i in range(3)]
-    path = write_latents(tmp_path / "z.safetensors", model, zs, y=torch.tensor([4]), names=["../a b.png"],
-                         checkpoint=tmp_path / "run" / ".." / "model", context=torch.ones(1, 2))  # fmt: skip
-    tensors, metadata = load_latents(path)
-    assert sorted(tensors) == ["context", "y", "z0", "z1", "z2"]
-    assert metadata == {"glowtorch": "latents", "model_fingerprint": model_fingerprint(model), "precision": "float32",
-                        "files": '["../a b.png"]', "checkpoint": str((tmp_path / "model").resolve())}  # fmt: skip
-    read = read_latents(path)
-    assert [z.tolist() for z in read.zs] == [z.tolist() for z in zs]
-    assert read.y.tolist() == [4] and read.names == ["a_b.png"] and read.context.tolist() == [[1.0, 1.0]]
-    read.check_model(model, path)
-    with pytest.raises(ValueError, match="made with another model"):
-        read.check_model(random_model(seed=1), path)
-    tensors["zoom"] = torch.zeros(2)  # another tensor whose name starts with z is not a level
-    save_latents(tmp_path / "extra.safetensors", tensors, metadata)
-    assert len(read_latents(tmp_path / "extra.safetensors").zs) == 3
-    bare = read_latents(
-        write_latents(tmp_path / "b.safetensors", model, [zs[0].double()], checkpoint="pretrained:mnist")
-    )
-    assert bare.y is None and bare.context is None and bare.names == ["image_0000"]
-    assert (
-        bare.checkpoint == "pretrained:mnist" and load_latents(tmp_path / "b.safetensors")[1]["precision"] == "float64"
-    )
-
-
-def test_names_from_a_latent_file_become_safe_distinct_file_names() -> None:
-    from glowtorch.latent_files import _safe_names
-
-    given = ["dir/x.png", "C:\\u\\y.png", "x.png", "..", "a?b*.png", 7, "", "é.png"]
-    assert _safe_names(given, 9) == [
-        "x.png", "y.png", "image_0002", "image_0003", "a_b_.png", "image_0005", "image_0006", "é.png", "image_0008",
-    ]  # fmt: skip
-    assert _safe_names(["a", "b", "c"], 2) == ["a", "b"]
-
-
-def test_direction_files_and_their_checks(tmp_path) -> None:
-    from conftest import random_model
-    from glowtorch.latent_files import (
-        load_latents,
-        model_fingerprint,
-        read_directions,
-        save_latents,
-        write_directions,
-    )
-
-    model = random_model()
-    shapes = model.latent_shapes
-    directions = [torch.arange(2 * int(np.prod(s)), dtype=torch.float32).reshape(2, *s) for s in shapes]
-    path = write_directions(tmp_path / "d.safetensors", model, directions, ["smile", "age"], "celeba")
-    assert load_latents(path)[1]["dataset"] == "celeba"
-    read = read_directions(path, model)
-    assert list(read) == ["smile", "age"]
-    assert all(torch.equal(read["age"][i], directions[i][1]) for i in range(len(shapes)))
-    metadata = {"glowtorch": "directions", "model_fingerprint": model_fingerprint(model)}
-    tensors = {f"z{i}": d for i, d in enumerate(directions)}
-    for names, why in (('["a", "a"]', "does not name"), ('["a", ""]', "does not name"), ("[]", "does not name"),
-                       ("x", "does not name"), ('["a"]', "shapes")):  # fmt: skip
-        save_latents(tmp_path / "bad.safetensors", tensors, {**metadata, "attributes": names})
-        with pytest.raises(ValueError, match=why):
-            read_directions(tmp_path / "bad.safetensors", model)
-    nan = {**tensors, "z0": tensors["z0"].clone().index_fill_(0, torch.tensor([1]), float("nan"))}
-    save_latents(tmp_path / "nan.safetensors", nan, {**metadata, "attributes": '["a", "b"]'})
-    with pytest.raises(ValueError, match="not finite"):
-        read_directions(tmp_path / "nan.safetensors", model)
-    ints = {k: v.long() for k, v in tensors.items()}
-    save_latents(tmp_path / "int.safetensors", ints, {**metadata, "attributes": '["a", "b"]'})
-    with pytest.raises(ValueError, match="not finite"):
-        read_directions(tmp_path / "int.safetensors", model)
-    save_latents(
-        tmp_path / "lat.safetensors", tensors, {**metadata, "glowtorch": "latents", "attributes": '["a", "b"]'}
-    )
-    with pytest.raises(ValueError, match="not a glowtorch directions file"):
-        read_directions(tmp_path / "lat.safetensors", model)
-
-
 # --------------------------------------------------------------------------- data.image_files
 def _png(path, height: int, width: int, value: int = 0, mode: str = "L"):
     from PIL import Image
@@ -765,3 +615,153 @@ def test_reading_a_list_of_image_files(tmp_path) -> None:
     ):
         with pytest.raises(DataError, match=why):
             read_image_files(paths, shape)
+
+
+# --------------------------------------------------------------------------- data.store
+def test_an_array_writer_file_is_the_npy_of_what_was_written(tmp_path) -> None:
+    from glowtorch.data.store import HEADER_BYTES, ArrayWriter, _npy_header
+
+    header = _npy_header((5, 1, 2, 3), HEADER_BYTES)
+    assert len(header) == HEADER_BYTES == 192 and header.startswith(b"\x93NUMPY\x01\x00")
+    assert struct.unpack("<H", header[8:10]) == (182,) and header.endswith(b"\n")
+    assert b"'shape': (5, 1, 2, 3)" in header
+    with pytest.raises(ValueError, match="header too long"):
+        _npy_header((5, 1, 2, 3), 64)
+    text = repr({"descr": "|u1", "fortran_order": False, "shape": (5, 1, 2, 3)})
+    exact = _npy_header((5, 1, 2, 3), 11 + len(text))  # the text fills it: no padding, still a header
+    assert exact.endswith(text.encode() + b"\n")
+    with pytest.raises(ValueError, match="header too long"):
+        _npy_header((5, 1, 2, 3), 10 + len(text))
+    images = np.arange(5 * 6, dtype=np.uint8).reshape(5, 1, 2, 3)
+    writer = ArrayWriter(tmp_path / "a.npy", capacity=9, image_shape=(1, 2, 3))
+    writer.write(images[:3])
+    writer.write(images[3:].astype(np.int64))  # converted to bytes as written
+    writer.close()
+    assert writer.count == 5
+    read = np.load(tmp_path / "a.npy")
+    assert read.dtype == np.uint8 and np.array_equal(read, images)
+    assert (tmp_path / "a.npy").stat().st_size == 192 + 30
+
+
+def test_the_listing_checksum_is_of_names_sizes_and_times(tmp_path) -> None:
+    import hashlib
+    import os
+
+    from glowtorch.data.store import _listing_checksum
+
+    (tmp_path / "c").mkdir()
+    paths = [tmp_path / "a.png", tmp_path / "c" / "b.png"]
+    for i, path in enumerate(paths):
+        path.write_bytes(b"x" * (i + 3))
+        os.utime(path, ns=(10**9, (i + 1) * 10**9))
+    expected = hashlib.sha256(f"a.png\x003\x00{10**9}\nc/b.png\x004\x00{2 * 10**9}\n".encode()).hexdigest()
+    assert _listing_checksum(paths, tmp_path) == expected
+    os.utime(paths[1], ns=(10**9, 3 * 10**9))
+    assert _listing_checksum(paths, tmp_path) != expected
+
+
+def test_a_decoding_workers_chunk(tmp_path) -> None:
+    from PIL import Image
+
+    from glowtorch.data.image_files import read_image
+    from glowtorch.data.store import _decode_chunk
+
+    for name, value in (("a.png", 10), ("c.png", 200)):
+        Image.fromarray(np.full((6, 6), value, np.uint8), "L").save(tmp_path / name)
+    (tmp_path / "b.png").write_text("not an image")
+    paths = [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")]
+    images, kept = _decode_chunk((paths, 1, 4))
+    assert kept == [0, 2]
+    assert images.shape == (2, 1, 4, 4) and images.dtype == np.uint8
+    assert np.array_equal(images[1], read_image(tmp_path / "c.png", 1, 4).numpy())
+    assert images[0].tolist() == np.full((1, 4, 4), 10).tolist()
+    none, kept = _decode_chunk(([paths[1]], 3, 5))
+    assert none.shape == (0, 3, 5, 5) and kept == []
+    assert _decode_chunk(([paths[1]], 1, None))[0].shape == (0, 1, 1, 1)
+
+
+def test_a_prepared_digits_store_by_hand(tmp_path) -> None:
+    import os
+    import stat
+
+    from glowtorch.data import load_dataset
+    from glowtorch.data.store import open_store, prepare_store
+    from glowtorch.files import current_umask
+
+    manifest = prepare_store("digits", None, tmp_path / "store")
+    assert stat.S_IMODE(os.stat(tmp_path / "store").st_mode) == 0o777 & ~current_umask()  # not mkdtemp's 0700
+    assert (manifest["format"], manifest["version"], manifest["dataset"]) == ("glowtorch prepared store", 1, "digits")
+    assert (manifest["image_size"], manifest["channels"], manifest["source"]) == (8, 1, None)
+    assert manifest["splits"]["train"] == {
+        "count": 1500, "shape": [1500, 1, 8, 8], "images": "images.npy", "labels": "labels.npy",
+        "class_names": [str(i) for i in range(10)], "skipped": 0,
+    }  # fmt: skip
+    assert manifest["splits"]["test"]["count"] == 297
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text()) == manifest
+    for train in (True, False):
+        stored, direct = open_store(tmp_path / "store", train), load_dataset("digits", train=train)
+        assert torch.equal(stored.images, direct.images) and torch.equal(stored.labels, direct.labels)
+        assert stored.class_names == direct.class_names and stored.attributes is None
+    assert open_store(tmp_path / "store", image_size=8).images.shape == (1500, 1, 8, 8)
+    with pytest.raises(DataError, match="already holds a prepared store"):
+        prepare_store("digits", None, tmp_path / "store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_prepared_celeba_store_by_hand(tmp_path) -> None:
+    """CelebA is decoded in worker processes, centre-cropped and resized; its split follows the attribute file."""
+    from glowtorch.data.image_files import read_image
+    from glowtorch.data.store import open_store, prepare_store
+
+    names = [f"{i:06d}.png" for i in range(1, 11)]
+    for i, name in enumerate(names):
+        _png(tmp_path / "celeba" / "img_align_celeba" / name, 6, 5, value=3 * i, mode="RGB")
+    rows = "\n".join(f"{name} {'1' if i % 3 else '-1'}" for i, name in enumerate(names))
+    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(f"10\nSmiling\n{rows}\n")
+    manifest = prepare_store("celeba", tmp_path / "celeba", tmp_path / "deeper" / "store", image_size=4, workers=1)
+    assert manifest["splits"]["train"]["count"] == 9 and manifest["splits"]["test"]["count"] == 1
+    assert manifest["splits"]["train"]["attribute_names"] == ["Smiling"] and manifest["image_size"] == 4
+    train = open_store(tmp_path / "deeper" / "store", train=True)
+    assert train.attributes.flatten().tolist() == [bool(i % 3) for i in range(9)] and train.labels is None
+    expected = read_image(tmp_path / "celeba" / "img_align_celeba" / names[4], 3, 4)
+    assert torch.equal(train.images[4], expected)
+    # without --image-size: CelebA at 64x64, a folder at its first readable image's shorter side
+    assert prepare_store("celeba", tmp_path / "celeba", tmp_path / "s64", workers=1)["image_size"] == 64
+    folder = tmp_path / "folder"
+    (folder / "a.png").parent.mkdir()
+    (folder / "a.png").write_text("not an image")
+    for i in range(11):
+        _png(folder / f"b{i:02d}.png", 6, 5 + i % 2)
+    assert prepare_store("folder", folder, tmp_path / "s5", channels=1, workers=1)["image_size"] == 5
+
+
+def test_a_prepare_that_fails_on_bad_data_says_so_even_on_a_full_disk(tmp_path, monkeypatch) -> None:
+    import glowtorch.data.store as store
+
+    monkeypatch.setattr(store, "disk_full", lambda *args: True)  # only an OSError is a disk's error
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_text("not an image")
+    with pytest.raises(DataError, match="no readable images"):
+        store.prepare_store("folder", tmp_path / "images", tmp_path / "out", workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_a_stores_attributes_must_match_its_images(tmp_path) -> None:
+    from glowtorch.data.store import MANIFEST, _write_split, open_store
+
+    images = np.arange(3 * 4, dtype=np.uint8).reshape(3, 1, 2, 2)
+    attributes = torch.tensor([[True, False], [False, False], [True, True]])
+    entry = _write_split(tmp_path / "train", images, {"attributes": attributes, "attribute_names": ["x", "y"]})
+    assert entry == {"count": 3, "shape": [3, 1, 2, 2], "images": "images.npy", "attributes": "attributes.npy",
+                     "attribute_names": ["x", "y"]}  # fmt: skip
+    manifest = {"format": "glowtorch prepared store", "splits": {"train": entry}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    data = open_store(tmp_path)
+    assert torch.equal(data.attributes, attributes) and data.attribute_names == ["x", "y"] and data.labels is None
+    assert torch.equal(data.images, torch.from_numpy(images))
+    np.save(tmp_path / "train" / "attributes.npy", attributes.numpy()[:2])
+    with pytest.raises(DataError, match="attributes.npy does not match"):
+        open_store(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "format": "other"}))
+    with pytest.raises(DataError, match="not a valid manifest"):
+        open_store(tmp_path)
