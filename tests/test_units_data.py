@@ -526,9 +526,48 @@ def test_celeba_and_svhn_folders(tmp_path, monkeypatch) -> None:
     savemat(cache / "svhn" / "test_32x32.mat", {"X": pixels, "y": np.array([[10], [3]], np.uint8)})
     svhn = load_svhn(None, train=False)
     assert svhn.labels.tolist() == [0, 3] and svhn.images[1, 2, 5, 7] == pixels[5, 7, 2, 1]
+    assert svhn.class_names == [str(i) for i in range(10)]
     (cache / "svhn" / "test_32x32.mat").write_bytes(b"junk")
     with pytest.raises(DataError, match="is not an SVHN .mat file"):
         load_svhn(None, train=False)
+
+
+def test_svhn_is_downloaded_when_missing(tmp_path, monkeypatch) -> None:
+    import hashlib
+
+    from scipy.io import savemat
+
+    import glowtorch.data.sources as sources
+
+    served = tmp_path / "served"
+    served.mkdir()
+    savemat(served / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 1), np.uint8), "y": np.array([[4]], np.uint8)})
+    monkeypatch.setattr(sources, "SVHN_URL", served.as_uri() + "/")
+    monkeypatch.setitem(
+        sources.SVHN_MD5, "test_32x32.mat", hashlib.md5((served / "test_32x32.mat").read_bytes()).hexdigest()
+    )
+    assert sources.load_svhn(tmp_path / "svhn", train=False).labels.tolist() == [4]
+    assert (tmp_path / "svhn" / "test_32x32.mat").read_bytes() == (served / "test_32x32.mat").read_bytes()
+
+
+def test_an_image_folder_read_by_hand(tmp_path, capsys) -> None:
+    from glowtorch.data.image_files import read_image
+    from glowtorch.data.sources import load_image_folder
+
+    for i in range(3):
+        _png(tmp_path / "train" / "a" / f"{i}.png", 6, 8, value=i, mode="RGB")
+    _png(tmp_path / "train" / "b" / "x.png", 6, 8, value=9, mode="RGB")
+    (tmp_path / "train" / "b" / "y.png").write_text("junk")
+    _png(tmp_path / "test" / "b" / "z.png", 6, 8, mode="RGB")
+    data = load_image_folder(tmp_path, train=True, channels=3, size=4)
+    files = [tmp_path / "train" / "a" / f"{i}.png" for i in range(3)] + [tmp_path / "train" / "b" / "x.png"]
+    assert torch.equal(data.images, torch.stack([read_image(f, 3, 4) for f in files]))
+    assert data.labels.tolist() == [0, 0, 0, 1] and data.class_names == ["a", "b"]
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+    native = load_image_folder(tmp_path, train=False, channels=1)  # no size: the first image's own
+    assert native.images.shape == (1, 1, 6, 8) and native.labels.tolist() == [1]
+    with pytest.raises(DataError, match="--data-dir is required"):
+        load_image_folder(None, train=True)
 
 
 def test_load_source_resizes_to_the_asked_size() -> None:
