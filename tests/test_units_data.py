@@ -616,6 +616,13 @@ def test_a_folders_splits_and_classes_by_hand(tmp_path) -> None:
         (split / name).write_bytes(b"")
     assert folder_listing(split, True) == ([split / "train/x.png", split / "train/y.png"], None, None)
     assert folder_listing(split, False) == ([split / "test/z.png"], None, None)
+    # every 10th file: the 10th, 20th, ... of the sorted names
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(25):
+        (many / f"{i:02d}.png").write_bytes(b"")
+    assert folder_listing(many, False)[0] == [many / "09.png", many / "19.png"]
+    assert len(folder_listing(many, True)[0]) == 23
     # class folders under train/ and test/: an index means the same class in both splits
     classes = tmp_path / "classes"
     for name in ("train/a/1.png", "train/c/2.png", "test/b/3.png", "test/c/4.png"):
