@@ -764,10 +764,11 @@ def test_a_prepared_celeba_store_by_hand(tmp_path) -> None:
         _png(tmp_path / "celeba" / "img_align_celeba" / name, 6, 5, value=3 * i, mode="RGB")
     rows = "\n".join(f"{name} {'1' if i % 3 else '-1'}" for i, name in enumerate(names))
     (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(f"10\nSmiling\n{rows}\n")
-    manifest = prepare_store("celeba", tmp_path / "celeba", tmp_path / "new" / "deeper" / "store", image_size=4, workers=1)
+    out = tmp_path / "new" / "deeper" / "store"
+    manifest = prepare_store("celeba", tmp_path / "celeba", out, image_size=4, workers=1)
     assert manifest["splits"]["train"]["count"] == 9 and manifest["splits"]["test"]["count"] == 1
     assert manifest["splits"]["train"]["attribute_names"] == ["Smiling"] and manifest["image_size"] == 4
-    train = open_store(tmp_path / "new" / "deeper" / "store", train=True)
+    train = open_store(out, train=True)
     assert train.attributes.flatten().tolist() == [bool(i % 3) for i in range(9)] and train.labels is None
     expected = read_image(tmp_path / "celeba" / "img_align_celeba" / names[4], 3, 4)
     assert torch.equal(train.images[4], expected)
