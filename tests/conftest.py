@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 
 import pytest
@@ -10,6 +11,12 @@ import torch
 
 from glowtorch import ComputeConfig, Glow, GlowConfig
 from glowtorch.layers import ActNorm
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (``-n auto``) each worker, and every process it starts, computes on one thread:
+    # the workers share the cores instead of fighting over them.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @torch.no_grad()
