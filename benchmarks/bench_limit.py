@@ -156,10 +156,10 @@ def train_step(bench: Bench) -> None:
 def step_flops(bench: Bench) -> float:
     """The work of one training step's forward and backward (the optimizer's few FLOPs are not counted)."""
     trainer = bench.trainer
-    x, y, _, context = trainer.batch(trainer.step)
+    x, y, _, context, noise = trainer.batch(trainer.step)
 
     def run():
-        loss, _ = trainer.objective(x, y, context)
+        loss, _ = trainer.objective(x, y, context, noise)
         loss.backward()
 
     work = flops(run)
@@ -188,10 +188,10 @@ class ConvRecorder(TorchDispatchMode):
 def convolutions_alone(bench: Bench, repeats: int) -> list[dict]:
     """Each distinct convolution of a training step (eager), timed alone forward + backward."""
     trainer = bench.trainer
-    x, y, _, context = trainer.batch(trainer.step)
+    x, y, _, context, noise = trainer.batch(trainer.step)
     recorder = ConvRecorder()
     with recorder:
-        loss, _ = trainer.objective(x, y, context)
+        loss, _ = trainer.objective(x, y, context, noise)
     del loss
     counts: dict[tuple, int] = {}
     for call in recorder.calls:

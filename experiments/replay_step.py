@@ -133,7 +133,7 @@ def main() -> None:
     model.eval()
     if args.save:
         torch.save(model.state_dict(), args.save)
-    x, y, indices, _ = trainer.batch(args.step)
+    x, y, indices, _, _ = trainer.batch(args.step)
     _, per_image = info.pop("compiled_loss")(x, y)  # with the graph the run ran
     batch_bpd = per_image.double().mean()  # what Trainer.train_step logs for one process
     with torch.no_grad():

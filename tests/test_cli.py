@@ -71,7 +71,7 @@ def test_a_steps_worst_image_is_the_batch_image_the_model_scores_worst(tmp_path)
     config = TrainConfig(batch_size=16, init_images=64, steps=1, compile=False, ema_decay=0, grad_clip=0)
     trainer = Trainer(tiny_config(image_shape=(1, 8, 8)), config, data, None, tmp_path / "run", log=lambda *a: None)
     trainer.initialize()
-    x, _, indices, _ = trainer.batch(0)
+    x, _, indices, _, _ = trainer.batch(0)
     with torch.no_grad():  # the model before the step, on the step's images
         bpd = -trainer.model.log_prob(x) / (64 * math.log(2.0)) + 8
     trainer.model.train()

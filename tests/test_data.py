@@ -234,7 +234,7 @@ def test_perturbed_batches_replace_the_asked_share_of_pixels_the_same_on_any_pro
     def batch(perturb: float, rank: int = 0, world: int = 1):
         source = BatchSource(data, dataclasses.replace(config, perturb=perturb), 8, False,
                              Distributed(rank=rank, world_size=world), torch.device("cpu"))  # fmt: skip
-        x, _, indices, _ = source(5)
+        x, _, indices, _, _ = source(5)
         return to_uint8(x, 8), indices
 
     plain, indices = batch(0.0)

@@ -116,8 +116,8 @@ class PoisonedObjective(torch.nn.Module):
         super().__init__()
         self.inner, self.trainer, self.bad = trainer.objective, trainer, bad
 
-    def forward(self, x, y=None, context=None):
-        loss, bpd = self.inner(x, y, context)
+    def forward(self, x, y=None, context=None, noise=None):
+        loss, bpd = self.inner(x, y, context, noise)
         if self.bad(self.trainer.step, self.trainer.lr_scale):
             return loss * float("nan"), bpd * float("nan")
         return loss, bpd
@@ -198,11 +198,11 @@ def test_non_finite_weights_are_never_saved(tmp_path) -> None:
     inner = trainer.objective
 
     class CorruptWeights(torch.nn.Module):
-        def forward(self, x, y=None, context=None):
+        def forward(self, x, y=None, context=None, noise=None):
             if trainer.step == 15 and trainer.lr_scale == 1.0:
                 with torch.no_grad():
                     trainer.model.top_prior[0, 0, 0, 0] = float("inf")
-            return inner(x, y, context)
+            return inner(x, y, context, noise)
 
     trainer.objective = CorruptWeights()
     metrics = trainer.run(progress=False)

@@ -56,10 +56,11 @@ def test_a_fresh_source_asked_for_a_later_epoch_first_gives_that_epochs_batch() 
 def test_the_noise_and_labels_of_a_batch_by_hand() -> None:
     """``x`` is the images dequantized with the step's stream-5 uniform noise; ``y`` the images' labels."""
     config = TrainConfig(batch_size=4, steps=1, seed=1, flip=False)
-    x, y, indices, context = _source(config, n_bits=5)(2)
+    x, y, indices, context, draws = _source(config, n_bits=5)(2)
     images = _ramp_dataset().images[indices]
     noise = torch.rand((4, 1, 2, 2), generator=step_generator(1, 2, stream=5))
     assert torch.equal(x, dequantize(images, 5, noise=noise))
+    assert torch.equal(draws, noise)  # handed on, for a variational dequantizer
     bins = torch.div(images, 8, rounding_mode="floor").float()  # 5 bits: 32 bins of 8 levels
     assert torch.allclose(x, (bins + noise) / 32 - 0.5, atol=1e-6)
     assert torch.equal(y, indices % 3)
@@ -257,7 +258,8 @@ def test_the_fingerprint_is_a_hash_of_the_config_and_weights_by_hand() -> None:
     model = Glow(tiny_config())
     config = model.config.to_dict()
     for field, value in (("class_prior", "channel"), ("coupling_network", "actnorm"), ("zero_conv_padding", 0.0),
-                         ("condition", ""), ("context_features", 32)):  # fmt: skip
+                         ("condition", ""), ("context_features", 32), ("dequantization", "uniform"),
+                         ("dequantizer_channels", 32), ("dequantizer_depth", 4)):  # fmt: skip
         assert config.pop(field) == value  # fields added later, at their first value: left out of the hash
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):

@@ -9,6 +9,7 @@ so every way of computing a score gives the same number.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,20 +24,43 @@ from .likelihood import nll_bits_per_dim
 from .model import Glow
 from .preprocess import dequantize
 
-__all__ = ["ImageScores", "evaluate_bits_per_dim", "score_images", "summarize_scores", "write_scores"]
+__all__ = [
+    "ImageScores",
+    "evaluate_bits_per_dim",
+    "importance_weighted_bits",
+    "score_images",
+    "summarize_scores",
+    "write_scores",
+]
 
 NOISE_BLOCK = 500
 
 
 @dataclass(frozen=True)
 class ImageScores:
-    """``bits_per_dim``: ``(N,)`` float64, each image's bits/dim averaged over the draws;
+    """``bits_per_dim``: ``(N,)`` float64, each image's bits/dim averaged over the draws (the mean of the
+    one-sample bounds); ``importance_weighted``: ``(N,)`` float64, the importance-weighted bound over the same
+    draws, ``-log2((1/K) sum_k p(x + u_k) / q(u_k | x)) / D`` (equal to ``bits_per_dim`` for one draw);
     ``predicted``: ``(N,)`` the latent classifier's class per image (conditional models with labels) or None;
     ``predicted_likelihood``: ``(N,)`` the class ``y`` with the highest ``p(x | y)`` (first draw), or None."""
 
     bits_per_dim: Tensor
     predicted: Tensor | None = None
     predicted_likelihood: Tensor | None = None
+    importance_weighted: Tensor | None = None
+
+
+def importance_weighted_bits(per_draw: Tensor, num_dims: int) -> Tensor:
+    """The importance-weighted bound ``(N,)`` from each draw's one-sample bound in bits/dim ``(K, N)``.
+
+    A draw's bound is ``b_k = (-log w_k) / (D ln 2)`` plus the bin-volume constant, with
+    ``w_k = p(x + u_k) / q(u_k | x)``; so ``-log2((1/K) sum_k w_k) / D`` is ``-logmeanexp_k(-b_k D ln 2)
+    / (D ln 2)`` (the constant passes through). Never above the mean of the ``b_k`` (Jensen), and its
+    expectation falls toward ``-log2 P(x) / D`` as K grows (Burda et al. 2016).
+    """
+    scale = num_dims * math.log(2.0)
+    log_mean = torch.logsumexp(-per_draw.double() * scale, dim=0) - math.log(per_draw.shape[0])
+    return -log_mean / scale
 
 
 class _Noise:
@@ -73,8 +97,9 @@ def score_images(
     progress: bool = False,
     contexts: Tensor | None = None,
 ) -> ImageScores:
-    """Per-image bits/dim of uint8 ``images`` ``(N, C, H, W)`` with uniform dequantization noise,
-    averaged over ``draws`` fixed-seed draws (the likelihood score used for out-of-distribution detection).
+    """Per-image bits/dim of uint8 ``images`` ``(N, C, H, W)``, averaged over ``draws`` fixed-seed draws of
+    the dequantization noise (the likelihood score used for out-of-distribution detection), and the
+    importance-weighted bound over the same draws (``ImageScores.importance_weighted``).
     Computed with the coupling networks in full precision (``Glow.full_precision``), whatever the model's
     ``ComputeConfig``: the one function every reported likelihood comes from.
 
@@ -100,27 +125,33 @@ def score_images(
     if contexts is not None and len(contexts) != n:
         raise ValueError(f"pass one context per image: {n} images, {len(contexts)} contexts")
     batches = [(d, s) for d in range(draws) for s in range(0, n, batch_size)]
-    # bits/dim of each image summed over draws, then the two predicted classes (+1, so 0 means "not scored")
-    totals = torch.zeros(3 * n, dtype=torch.float64)
+    # bits/dim of each image in each draw, then the two predicted classes (+1, so 0 means "not scored")
+    totals = torch.zeros((draws + 2) * n, dtype=torch.float64)
     noises = [_Noise(images, seed, d) for d in range(draws)]
     mine = batches[dist.rank :: dist.world_size]
     with model.full_precision():  # a likelihood is reported in float32 (or float64), whatever the model trains in
         for draw, start in tqdm(mine, desc="scoring", leave=False, disable=not progress or not dist.is_main):
             stop = min(start + batch_size, n)
-            x = dequantize(images[start:stop], config.n_bits, noise=noises[draw](start, stop))
-            x = x.to(device=ref.device, dtype=ref.dtype)
+            noise = noises[draw](start, stop)
+            x = dequantize(images[start:stop], config.n_bits, noise=noise).to(device=ref.device, dtype=ref.dtype)
+            x, log_q = model.dequantized(x, noise.to(x))
             y = labels[start:stop].to(ref.device) if conditional else None
             context = contexts[start:stop] if contexts is not None else None
             zs, logdet, log_prior = model(x, y, context=context)
-            totals[start:stop] += nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits).double().cpu()
+            bits = nll_bits_per_dim(log_prior + logdet - log_q, config.num_dims, config.n_bits)
+            totals[draw * n + start : draw * n + stop] = bits.double().cpu()
             if conditional and draw == 0:
-                totals[n + start : n + stop] = model.classifier_logits(zs[-1]).argmax(1).double().cpu() + 1
+                classes = draws * n
+                totals[classes + start : classes + stop] = model.classifier_logits(zs[-1]).argmax(1).double().cpu() + 1
                 by_likelihood = model.class_log_likelihoods(zs[-1], context=context).argmax(1)
-                totals[2 * n + start : 2 * n + stop] = by_likelihood.double().cpu() + 1
+                totals[classes + n + start : classes + n + stop] = by_likelihood.double().cpu() + 1
     totals = dist.all_reduce_sum(totals.to(ref.device)).cpu()
+    per_draw = totals[: draws * n].view(draws, n)
+    mean, weighted = per_draw.sum(0) / draws, importance_weighted_bits(per_draw, config.num_dims)
     if not conditional:
-        return ImageScores(totals[:n] / draws)
-    return ImageScores(totals[:n] / draws, (totals[n : 2 * n] - 1).long(), (totals[2 * n :] - 1).long())
+        return ImageScores(mean, importance_weighted=weighted)
+    classes = totals[draws * n :]
+    return ImageScores(mean, (classes[:n] - 1).long(), (classes[n:] - 1).long(), weighted)
 
 
 def evaluate_bits_per_dim(
@@ -138,13 +169,18 @@ def evaluate_bits_per_dim(
     Returns ``test_bpd`` (the exact mean), ``test_bpd_median``, and ``test_bpd_max`` with its image's
     index ``test_worst_image``: one image the model finds extremely unlikely can move the mean far
     from the median, and these say whether that happened. Conditional models add ``test_accuracy``
-    (the latent classifier) and ``test_accuracy_likelihood`` (the class of highest ``p(x | y)``).
+    (the latent classifier) and ``test_accuracy_likelihood`` (the class of highest ``p(x | y)``). With
+    more than one draw, ``test_bpd_importance_weighted`` is the mean of the per-image importance-weighted
+    bounds over the ``draws`` samples (``test_bpd`` stays the mean of the one-sample bounds).
     """
     labels = dataset.labels if model.config.num_classes else None
     if model.config.num_classes and labels is None:
         raise ValueError("a class-conditional model is evaluated on a dataset with labels")
     scores = score_images(model, dataset.images, labels, batch_size, draws, seed, dist, progress)
-    return summarize_scores(scores, labels)
+    result = summarize_scores(scores, labels)
+    if draws > 1:
+        result["test_bpd_importance_weighted"] = scores.importance_weighted.sum().item() / len(dataset.images)
+    return result
 
 
 def summarize_scores(scores: ImageScores, labels: Tensor | None = None) -> dict[str, float]:

@@ -37,6 +37,9 @@ _LATER_FIELDS = {
     "zero_conv_padding": 0.0,
     "condition": "",
     "context_features": 32,
+    "dequantization": "uniform",
+    "dequantizer_channels": 32,
+    "dequantizer_depth": 4,
 }
 
 

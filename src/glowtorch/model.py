@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import ContextEncoder, condition_kind, context_from_lowres, context_shape, lowres_factor, lowres_images
+from .dequantization import DEQUANTIZATIONS, VariationalDequantizer
 from .layers import (
     COUPLING_NETWORKS,
     COUPLINGS,
@@ -65,6 +66,9 @@ class GlowConfig:
             "lowres:F" (the image average-pooled by F: super-resolution) or "tensor:C,H,W" (any context of
             that shape, given by the user). Every model method then takes ``context``.
         context_features: width of the context encoder, and the learned feature channels it hands each level.
+        dequantization: "uniform" (noise uniform in each pixel's bin, the paper's) or "variational" (a
+            learned q(u | x), Flow++: ``glowtorch.dequantization``), used for likelihoods only.
+        dequantizer_channels, dequantizer_depth: width and coupling layers of the variational q.
     """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -81,6 +85,9 @@ class GlowConfig:
     zero_conv_padding: float = 0.0
     condition: str = ""
     context_features: int = 32
+    dequantization: str = dataclasses.field(default="uniform", metadata={"choices": DEQUANTIZATIONS})
+    dequantizer_channels: int = 32
+    dequantizer_depth: int = 4
 
     # Written by glowtorch 0.1.0 into config.json beside the architecture; read and ignored.
     LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")
@@ -124,6 +131,11 @@ class GlowConfig:
         context_shape(self.condition, self.image_shape)  # refuses a malformed condition
         if self.context_features < 1:
             raise ValueError(f"context_features must be >= 1, got {self.context_features}")
+        if self.dequantization not in DEQUANTIZATIONS:
+            raise ValueError(f"dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got {self.dequantization!r}")
+        for name in ("dequantizer_channels", "dequantizer_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def context_shape(self) -> tuple[int, int, int] | None:
@@ -283,6 +295,10 @@ class Glow(nn.Module):
             self.context_encoder = encoder
             # The top prior's shift and log-std change from the top level's context features (zero at init).
             self.context_prior = ZeroConv2d(context_channels, 2 * channels, pad_value=config.zero_conv_padding)
+        if config.dequantization == "variational":  # last: the other parameters keep their order
+            self.dequantizer = VariationalDequantizer(
+                config.image_shape[0], config.n_bits, config.dequantizer_channels, config.dequantizer_depth
+            )
         self.compute = compute or ComputeConfig()
         self._lay_out_weights()
         self.set_compute()
@@ -520,6 +536,15 @@ class Glow(nn.Module):
         zs.append(h)
         log_prior = log_prior + gaussian_log_prob(h, *self.top_prior_params(h.shape[0], y, features[-1]))
         return zs, logdet, log_prior
+
+    def dequantized(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's dequantization of uniformly dequantized ``x`` ``(B, C, H, W)`` made with ``noise`` (the
+        uniform draws, ``glowtorch.dequantize``): ``(x', log_q)`` with ``log_q`` ``(B,)`` the log-density of
+        the noise inside the bins. Uniform dequantization: ``(x, 0)``; variational: ``x'`` from ``q(u | x)``
+        by the same draws. Bits/dim are ``nll_bits_per_dim(log_prob(x') - log_q)``."""
+        if self.config.dequantization == "uniform":
+            return x, x.new_zeros(x.shape[0])
+        return self.dequantizer(x, noise)
 
     def encode(
         self, x: Tensor, y: Tensor | None = None, *, context: Tensor | None = None

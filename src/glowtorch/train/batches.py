@@ -20,13 +20,15 @@ __all__ = ["Batch", "BatchSource"]
 class Batch(NamedTuple):
     """One process's share of a step's batch: model inputs ``x`` ``(b, C, H, W)`` (dequantized), labels
     ``y`` ``(b,)`` of class-conditional models (else None), the images' ``indices`` ``(b,)`` in the
-    training set, and the ``context`` ``(b, C_c, h, w)`` of models conditioned on one (else None), made
-    from the very images of ``x`` (after flips and shifts, before dequantization noise)."""
+    training set, the ``context`` ``(b, C_c, h, w)`` of models conditioned on one (else None), made
+    from the very images of ``x`` (after flips and shifts, before dequantization noise), and the uniform
+    draws ``noise`` ``(b, C, H, W)`` that dequantized ``x`` (a variational dequantizer draws from them)."""
 
     x: Tensor
     y: Tensor | None
     indices: Tensor
     context: Tensor | None = None
+    noise: Tensor | None = None
 
 
 class BatchSource:
@@ -80,4 +82,4 @@ class BatchSource:
         x = dequantize(images, self.n_bits, noise=noise)
         y = self.data.labels[indices].to(self.device) if self.labels else None
         context = self.context_of(images).to(self.device) if self.context_of else None
-        return Batch(x.to(self.device), y, indices, context)
+        return Batch(x.to(self.device), y, indices, context, noise.to(self.device))

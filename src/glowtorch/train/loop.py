@@ -269,11 +269,11 @@ class Trainer:
     def train_step(self, loss_fn: nn.Module) -> bool:
         """One optimizer step on the batch of ``self.step``; returns False (and changes nothing) when the loss
         or gradient is not finite on any process. Does not advance ``self.step``."""
-        x, y, indices, context = self.batch(self.step)
+        x, y, indices, context, noise = self.batch(self.step)
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.lr_scale)
-        loss, per_image = loss_fn(x, y, context)
+        loss, per_image = loss_fn(x, y, context, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # always, even when non-finite: other processes wait on the gradient all-reduce
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))

@@ -38,10 +38,11 @@ def make_optimizer(
 class TrainingObjective(nn.Module):
     """The training loss as a module, so DistributedDataParallel sees every parameter used in one forward.
 
-    ``forward(x, y, context) -> (loss, bits/dim (B,))``: the loss is the mean bits/dim of ``x`` (given the
-    ``context`` for models conditioned on one) plus, for class-conditional models, ``weight_y`` times the
-    latent classifier's cross-entropy in bits per image (reference code); each image's bits/dim comes back
-    too, for the training diagnostics.
+    ``forward(x, y, context, noise) -> (loss, bits/dim (B,))``: the loss is the mean bits/dim of ``x`` (given
+    the ``context`` for models conditioned on one; with a variational dequantizer, of ``x`` redrawn from
+    ``q(u | x)`` by the uniform draws ``noise`` that made ``x``, minus ``log q``) plus, for class-conditional
+    models, ``weight_y`` times the latent classifier's cross-entropy in bits per image (reference code); each
+    image's bits/dim comes back too, for the training diagnostics.
     """
 
     def __init__(self, model: Glow, weight_y: float = 0.0) -> None:
@@ -49,10 +50,17 @@ class TrainingObjective(nn.Module):
         self.model = model
         self.weight_y = weight_y
 
-    def forward(self, x: Tensor, y: Tensor | None = None, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor | None = None, context: Tensor | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         config = self.model.config
+        log_q = 0.0
+        if config.dequantization != "uniform":
+            if noise is None:
+                raise ValueError("a model with variational dequantization trains on the noise that made x: pass noise")
+            x, log_q = self.model.dequantized(x, noise)
         zs, logdet, log_prior = self.model(x, y, context=context)
-        per_image = nll_bits_per_dim(log_prior + logdet, config.num_dims, config.n_bits)
+        per_image = nll_bits_per_dim(log_prior + logdet - log_q, config.num_dims, config.n_bits)
         bpd = per_image.mean()
         if y is None:
             return bpd, per_image.detach()
