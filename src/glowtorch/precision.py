@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .model import PRECISIONS, GlowConfig
+from .config import PRECISIONS, GlowConfig
 
 __all__ = [
     "PRECISION_CHOICES",

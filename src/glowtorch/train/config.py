@@ -6,8 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ..config import ComputeConfig
 from ..memory import MEMORY_MODES
-from ..model import ComputeConfig
 from ..precision import PRECISION_CHOICES
 from ..validation import dataclass_from_dict
 
