@@ -73,8 +73,8 @@ class GlowConfig:
     condition: str = ""
     context_features: int = 32
     dequantization: str = dataclasses.field(default="uniform", metadata={"choices": DEQUANTIZATIONS})
-    dequantizer_channels: int = 32
-    dequantizer_depth: int = 4
+    dequantizer_channels: int = 16
+    dequantizer_depth: int = 2
 
     # Written by glowtorch 0.1.0 into config.json beside the architecture; read and ignored.
     LEGACY_COMPUTE_KEYS = ("memory", "precision", "channels_last", "fold_actnorm")

@@ -104,7 +104,7 @@ class VariationalDequantizer(nn.Module):
     gradients reach ``q``'s parameters through ``x'`` and ``log_q``.
     """
 
-    def __init__(self, channels: int, n_bits: int, hidden: int = 32, depth: int = 4) -> None:
+    def __init__(self, channels: int, n_bits: int, hidden: int = 16, depth: int = 2) -> None:
         super().__init__()
         self.n_bits = n_bits
         self.features = nn.Sequential(

@@ -38,8 +38,8 @@ _LATER_FIELDS = {
     "condition": "",
     "context_features": 32,
     "dequantization": "uniform",
-    "dequantizer_channels": 32,
-    "dequantizer_depth": 4,
+    "dequantizer_channels": 16,
+    "dequantizer_depth": 2,
 }
 
 
