@@ -194,6 +194,8 @@ def test_a_uniform_model_has_no_dequantizer_and_the_same_parameters() -> None:
                                  if not k.startswith("dequantiz")}).dequantization == "uniform"  # fmt: skip
     with pytest.raises(ValueError, match="dequantization must be one of"):
         GlowConfig(**base, dequantization="gaussian")
+    with pytest.raises(ValueError, match="dequantizer_depth must be >= 1"):
+        GlowConfig(**base, dequantizer_depth=0)
 
 
 def test_train_and_evaluate_a_variational_model_from_the_command_line(tmp_path, capsys) -> None:

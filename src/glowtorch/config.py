@@ -12,11 +12,7 @@ from torch import Tensor
 
 from .context import condition_kind, context_from_lowres, context_shape, lowres_factor, lowres_images
 from .dequantization import DEQUANTIZATIONS
-from .layers import (
-    COUPLING_NETWORKS,
-    COUPLINGS,
-    PERMUTATIONS,
-)
+from .layers import COUPLING_NETWORKS, COUPLINGS, PERMUTATIONS
 from .memory import MEMORY_MODES
 from .validation import MAX_FLOW_STEPS, check_allocation, check_field_types, dataclass_from_dict
 
@@ -84,7 +80,7 @@ class GlowConfig:
             object.__setattr__(self, name, value)  # integers stay integers (no 4.5 bits), tuples stay tuples
         if min(self.image_shape) < 1:
             raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}")
-        for name in ("levels", "depth", "hidden_channels"):
+        for name in ("levels", "depth", "hidden_channels", "dequantizer_channels", "dequantizer_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         _, height, width = self.image_shape
@@ -120,9 +116,6 @@ class GlowConfig:
             raise ValueError(f"context_features must be >= 1, got {self.context_features}")
         if self.dequantization not in DEQUANTIZATIONS:
             raise ValueError(f"dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got {self.dequantization!r}")
-        for name in ("dequantizer_channels", "dequantizer_depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def context_shape(self) -> tuple[int, int, int] | None:

@@ -77,20 +77,20 @@ class CheckerboardCoupling(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def _params(self, eps: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(mask of the cells that change, shift, log-scale), each masked to those cells."""
+    def _params(self, eps: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(shift, log-scale), each zero on the cells that pass through."""
         kept = checkerboard(eps.shape[2], eps.shape[3], self.parity, eps)
         shift, raw = self.net(torch.cat([eps * kept, h], 1)).chunk(2, 1)
         changed = 1.0 - kept
-        return changed, shift * changed, 2.0 * torch.tanh(raw / 2.0) * changed
+        return shift * changed, 2.0 * torch.tanh(raw / 2.0) * changed
 
     def forward(self, eps: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        _, shift, log_scale = self._params(eps, h)
+        shift, log_scale = self._params(eps, h)
         return eps * torch.exp(log_scale) + shift, log_scale.sum((1, 2, 3))
 
     def inverse(self, y: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         # The kept cells are unchanged, so the network sees the same input as in forward.
-        _, shift, log_scale = self._params(y, h)
+        shift, log_scale = self._params(y, h)
         return (y - shift) * torch.exp(-log_scale), -log_scale.sum((1, 2, 3))
 
 

@@ -333,13 +333,15 @@ class Glow(nn.Module):
         log_prior = log_prior + gaussian_log_prob(h, *self.top_prior_params(h.shape[0], y, features[-1]))
         return zs, logdet, log_prior
 
-    def dequantized(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    def dequantized(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
         """The model's dequantization of uniformly dequantized ``x`` ``(B, C, H, W)`` made with ``noise`` (the
         uniform draws, ``glowtorch.dequantize``): ``(x', log_q)`` with ``log_q`` ``(B,)`` the log-density of
-        the noise inside the bins. Uniform dequantization: ``(x, 0)``; variational: ``x'`` from ``q(u | x)``
-        by the same draws. Bits/dim are ``nll_bits_per_dim(log_prob(x') - log_q)``."""
+        the noise inside the bins. Uniform dequantization: ``(x, 0)`` (``noise`` may be None); variational:
+        ``x'`` from ``q(u | x)`` by the same draws. Bits/dim are ``nll_bits_per_dim(log_prob(x') - log_q)``."""
         if self.config.dequantization == "uniform":
             return x, x.new_zeros(x.shape[0])
+        if noise is None:
+            raise ValueError("a model with variational dequantization draws from the noise that made x: pass noise")
         return self.dequantizer(x, noise)
 
     def encode(

@@ -54,11 +54,7 @@ class TrainingObjective(nn.Module):
         self, x: Tensor, y: Tensor | None = None, context: Tensor | None = None, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         config = self.model.config
-        log_q = 0.0
-        if config.dequantization != "uniform":
-            if noise is None:
-                raise ValueError("a model with variational dequantization trains on the noise that made x: pass noise")
-            x, log_q = self.model.dequantized(x, noise)
+        x, log_q = self.model.dequantized(x, noise)
         zs, logdet, log_prior = self.model(x, y, context=context)
         per_image = nll_bits_per_dim(log_prior + logdet - log_q, config.num_dims, config.n_bits)
         bpd = per_image.mean()
