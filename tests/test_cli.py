@@ -169,6 +169,35 @@ def test_decay_paced_to_the_time_budget_is_a_fixed_schedule(tmp_path, capsys, mo
     assert (paced / model).read_bytes() == (fixed / model).read_bytes()
 
 
+def test_a_cpu_budget_counts_cpu_time_not_wall_time(tmp_path, capsys, monkeypatch) -> None:
+    """``--budget-clock cpu``: ``--max-minutes`` and the paced decay count this process's CPU time. With the
+    wall clock stopped the run still ends, when the CPU clock has used up the budget (and the other way round
+    for the wall clock), and the metrics' elapsed_s is CPU time."""
+    import glowtorch.train.schedule
+
+    monkeypatch.setattr(glowtorch.train.schedule, "clock", lambda: 5.0)  # wall time stands still
+    monkeypatch.setattr(glowtorch.train.schedule, "cpu_clock", TickingClock(0.05))
+    out = tmp_path / "cpu"
+    code, _, _ = run(capsys, "train", "--dataset", "digits", "--max-minutes", "0.05", "--budget-clock", "cpu",
+                     "--warmup-steps", "20", "--decay-steps", "auto", "--out", out, *TINY)  # fmt: skip
+    assert code == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 2.9 <= lines[-1]["elapsed_s"] < 3.5  # 0.05 minutes = 3 s of CPU time, read in 0.05 s ticks
+    written = json.loads((out / "train_config.json").read_text())
+    assert written["budget_clock"] == "cpu" and written["resolved"]["decay_steps"] > 20
+    # the same run on the wall clock: the CPU clock stands still, the wall clock ticks
+    monkeypatch.setattr(glowtorch.train.schedule, "clock", TickingClock(0.05))
+    monkeypatch.setattr(glowtorch.train.schedule, "cpu_clock", lambda: 5.0)
+    code, _, _ = run(capsys, "train", "--dataset", "digits", "--max-minutes", "0.05", "--out", tmp_path / "wall",
+                     *TINY)  # fmt: skip
+    assert code == 0
+    assert 2.9 <= json.loads((tmp_path / "wall" / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"] < 3.5
+    with pytest.raises(SystemExit) as exit_code:
+        main(["train", "--dataset", "digits", "--budget-clock", "gpu", "--out", str(tmp_path / "x")])
+    assert exit_code.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_paced_decay_ends_at_the_run_steps_when_they_come_first(tmp_path, capsys) -> None:
     """``--decay-steps auto`` with ``--steps``: 30 minutes hold far more than 30 steps, so the learning rate
     reaches 0 at step 30, where the run stops."""

@@ -14,6 +14,7 @@ from ..validation import dataclass_from_dict
 __all__ = ["PACE_MIN_WARMUP", "TrainConfig", "steps_or_auto"]
 
 
+BUDGET_CLOCKS = ("wall", "cpu")
 PACE_MIN_WARMUP = 20  # "auto" decay: fewest warmup steps to time the training step over
 
 
@@ -56,6 +57,9 @@ class TrainConfig:
         steps: stop after this many optimizer steps.
         max_minutes: stop after this much training time. Training stops at whichever of epochs,
             steps and max_minutes comes first; at least one must be set.
+        budget_clock: what max_minutes, the paced decay and the metrics' elapsed_s count: "wall" (wall-clock
+            time) or "cpu" (this process's CPU time over all its threads, which other work on the machine
+            does not use up: equal CPU budgets for runs that share a machine).
         eval_every: steps between evaluations and checkpoints; 0 means once per epoch.
         eval_batch_size: images per batch when evaluating (does not change the result).
         eval_draws: dequantization draws averaged for test bits/dim.
@@ -92,6 +96,7 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     max_minutes: float | None = None
+    budget_clock: str = field(default="wall", metadata={"choices": BUDGET_CLOCKS})
     eval_every: int = 0
     eval_batch_size: int = 500
     eval_draws: int = 1
@@ -136,6 +141,7 @@ class TrainConfig:
             (self.epochs is None or self.epochs >= 1, "epochs must be >= 1"),
             (self.steps is None or self.steps >= 1, "steps must be >= 1"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
+            (self.budget_clock in BUDGET_CLOCKS, f"budget_clock must be one of {', '.join(BUDGET_CLOCKS)}"),
             (
                 any(v is not None for v in (self.epochs, self.steps, self.max_minutes)),
                 "set epochs, steps or max_minutes",

@@ -119,7 +119,7 @@ class Trainer:
         self.rollbacks = 0
         self.lr_scale = 1.0
         self.elapsed_before = 0.0
-        self.started_at = schedule.clock()
+        self.started_at = schedule.now(self.config.budget_clock)
         self.running_bpd: float | None = None
         self.window = TrainingWindow()
         self.pacer = DecayPacer(config) if config.decay_steps == "auto" else None
@@ -183,7 +183,7 @@ class Trainer:
 
     def elapsed(self) -> float:
         """Training time in seconds, over every resumed part of the run."""
-        return self.elapsed_before + schedule.clock() - self.started_at
+        return self.elapsed_before + schedule.now(self.config.budget_clock) - self.started_at
 
     # ------------------------------------------------------------- starting
     def set_precision(self, started_with: str | None = None) -> None:
@@ -228,7 +228,7 @@ class Trainer:
         """Starts the clock and opens the run folder: a new run resolves its precision, initializes ActNorm
         and writes ``train_config.json``; a resumed one restores its newest checkpoint. Returns the metrics
         line of the step resumed from, if any."""
-        self.started_at = schedule.clock()
+        self.started_at = schedule.now(self.config.budget_clock)
         state = self.run_dir.open(resume, warn=self.log)
         self.set_precision(state.get("precision") if state else None)
         if state is None:

@@ -55,6 +55,16 @@ def clock() -> float:
     return time.monotonic()
 
 
+def cpu_clock() -> float:
+    """Seconds of CPU time this process has used, over all its threads."""
+    return time.process_time()
+
+
+def now(budget_clock: str) -> float:
+    """The time on a ``TrainConfig.budget_clock``: ``clock()`` for "wall", ``cpu_clock()`` for "cpu"."""
+    return cpu_clock() if budget_clock == "cpu" else clock()
+
+
 class DecayPacer:
     """Resolves ``decay_steps="auto"`` (see ``TrainConfig``): times the training steps from a fifth of warmup
     (past torch.compile's first step) or from a resume, and at the end of warmup gives the step at which
@@ -72,12 +82,12 @@ class DecayPacer:
         config = self.config
         if self.started is None:
             if step >= max(1, config.warmup_steps // 5):
-                self.started = (step, clock())
+                self.started = (step, now(config.budget_clock))
             return None
         if step < config.warmup_steps:
             return None
         first_step, started = self.started
-        steps_per_s = (step - first_step) / max(clock() - started, 1e-9)
+        steps_per_s = (step - first_step) / max(now(config.budget_clock) - started, 1e-9)
         seconds_left = max(0.0, config.max_minutes * 60 - elapsed_s)
         paced = paced_decay_steps(step, steps_per_s, seconds_left, eval_every, eval_images, config.batch_size)
         return paced, steps_per_s, seconds_left
