@@ -36,6 +36,7 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "base": ("the mnist-cpu preset as it is", {}, {}),
     "variational": ("variational dequantization (16 channels, 2 couplings)", {"dequantization": "variational"}, {}),
     "additive": ("additive coupling", {"coupling": "additive"}, {}),
+    "spline": ("rational-quadratic spline coupling (8 bins on [-3, 3])", {"coupling": "spline"}, {}),
     "adamax": ("Adamax (the reference code's optimizer)", {}, {"optimizer": "adamax"}),
     "lr-2e-3": ("peak learning rate 2e-3", {}, {"lr": 2e-3}),
     "lr-5e-4": ("peak learning rate 5e-4", {}, {"lr": 5e-4}),

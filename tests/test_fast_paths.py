@@ -38,7 +38,9 @@ def with_config(model: Glow, **compute) -> Glow:
 
 
 @pytest.mark.parametrize("memory", ["checkpoint", "reversible"])
-@pytest.mark.parametrize("variant", [dict(), dict(coupling="additive", permutation="invconv"), dict(num_classes=3)])
+@pytest.mark.parametrize(
+    "variant", [dict(), dict(coupling="additive", permutation="invconv"), dict(coupling="spline"), dict(num_classes=3)]
+)
 def test_memory_modes_give_the_same_gradients_float64(memory: str, variant: dict) -> None:
     model = random_model(scale=0.1, depth=3, **variant)
     x = images(4)

@@ -16,6 +16,7 @@ from glowtorch.layers import (
     InvertibleConv1x1LU,
     ReversePermutation,
     ShufflePermutation,
+    SplineCoupling,
     Split,
     Squeeze,
     ZeroConv2d,
@@ -31,10 +32,12 @@ LAYERS = {
     "shuffle": lambda c: ShufflePermutation(c),
     "affine": lambda c: AffineCoupling(c, 8),
     "additive": lambda c: AdditiveCoupling(c, 8),
+    "spline": lambda c: SplineCoupling(c, 8),
     "squeeze": lambda c: Squeeze(),
     "step_affine_lu": lambda c: FlowStep(c, 8, "affine", "lu"),
     "step_additive_invconv": lambda c: FlowStep(c, 8, "additive", "invconv"),
     "step_affine_shuffle": lambda c: FlowStep(c, 8, "affine", "shuffle"),
+    "step_spline_lu": lambda c: FlowStep(c, 8, "spline", "lu"),
 }
 
 

@@ -21,6 +21,7 @@ VARIANTS = [
     dict(coupling="affine", permutation="lu", num_classes=3, class_prior="spatial"),
     dict(coupling="affine", permutation="lu", levels=1, image_shape=(1, 2, 2)),
     dict(coupling="affine", permutation="lu", levels=3, image_shape=(3, 8, 8), depth=1),
+    dict(coupling="spline", permutation="lu"),
 ]
 
 
@@ -121,7 +122,7 @@ def test_works_in_float32_and_float64() -> None:
     "kwargs, message",
     [
         (dict(image_shape=(1, 6, 8), levels=2), "divisible by 2\\*\\*levels = 4"),
-        (dict(coupling="spline"), "coupling must be one of"),
+        (dict(coupling="cubic"), "coupling must be one of"),
         (dict(permutation="random"), "permutation must be one of"),
         (dict(depth=0), "depth must be >= 1"),
         (dict(n_bits=9), "n_bits"),

@@ -32,7 +32,7 @@ class GlowConfig:
         levels: L, the number of scales (squeeze -> steps -> split).
         depth: K, steps of flow per level.
         hidden_channels: width of the coupling networks.
-        coupling: "affine" or "additive".
+        coupling: "affine", "additive" or "spline" (rational-quadratic splines, ``glowtorch.splines``).
         permutation: "lu" (LU 1x1 conv), "invconv" (plain 1x1 conv), "shuffle" or "reverse".
         learn_top: learn the top prior's mean and log-std (zero-initialized).
         num_classes: > 0 makes the model class-conditional (top prior and latent classifier).

@@ -29,6 +29,7 @@ __all__ = [
     "InvertibleConv1x1LU",
     "ReversePermutation",
     "ShufflePermutation",
+    "SplineCoupling",
     "Split",
     "Squeeze",
     "ZeroConv2d",
@@ -368,35 +369,30 @@ class Coupling(nn.Module):
         """The map's parameters from the conditioning half ``x_a`` (and the context)."""
         raise NotImplementedError
 
-    def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        raise NotImplementedError
-
-    def _map_inverse(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        raise NotImplementedError
-
-    def _map_logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        """log|det| of the forward map per sample ``(B,)``."""
+    def _map(self, v: Tensor, coefficients: tuple[Tensor, ...], inverse: bool) -> tuple[Tensor, Tensor]:
+        """The map of the transformed half ``v`` (its inverse when ``inverse``) and the log|det| of what was
+        applied, per sample ``(B,)``: the inverse's is minus the forward's at the point it returns."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
-        coefficients = self._coefficients(x_a, context)
-        return torch.cat([x_a, self._map_forward(x_b, coefficients)], 1), self._map_logdet(x, coefficients)
+        y_b, logdet = self._map(x_b, self._coefficients(x_a, context), inverse=False)
+        return torch.cat([x_a, y_b], 1), logdet
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
-        coefficients = self._coefficients(y_a, context)
-        return torch.cat([y_a, self._map_inverse(y_b, coefficients)], 1), -self._map_logdet(y, coefficients)
+        x_b, logdet = self._map(y_b, self._coefficients(y_a, context), inverse=True)
+        return torch.cat([y_a, x_b], 1), logdet
 
     def rebuild(self, y: Tensor, context: Tensor | None = None) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
         """Reversible backprop in one network evaluation (``x_a = y_a``, so it serves both ways):
-        ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, logdet)."""
+        ((``x_a``, ``x_b``) as new leaves, ``y`` recomputed from them with a graph, forward logdet)."""
         y_a, y_b = y[:, : self.split], y[:, self.split :]
         x_a = y_a.detach().requires_grad_(True)
         coefficients = self._coefficients(x_a, context)
-        x_b = self._map_inverse(y_b, coefficients).detach().requires_grad_(True)
-        y_again = torch.cat([x_a, self._map_forward(x_b, coefficients)], 1)
-        return (x_a, x_b), y_again, self._map_logdet(y, coefficients)
+        x_b = self._map(y_b, coefficients, inverse=True)[0].detach().requires_grad_(True)
+        y_b_again, logdet = self._map(x_b, coefficients, inverse=False)
+        return (x_a, x_b), torch.cat([x_a, y_b_again], 1), logdet
 
 
 class AdditiveCoupling(Coupling):
@@ -405,14 +401,9 @@ class AdditiveCoupling(Coupling):
     def _coefficients(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
         return (self.network(x_a, context),)
 
-    def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        return x_b + coefficients[0]
-
-    def _map_inverse(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        return y_b - coefficients[0]
-
-    def _map_logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        return x.new_zeros(x.shape[0])
+    def _map(self, v: Tensor, coefficients: tuple[Tensor, ...], inverse: bool) -> tuple[Tensor, Tensor]:
+        shift = coefficients[0]
+        return (v - shift if inverse else v + shift), v.new_zeros(v.shape[0])
 
 
 class AffineCoupling(Coupling):
@@ -427,16 +418,12 @@ class AffineCoupling(Coupling):
         h = self.network(x_a, context)
         return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
 
-    def _map_forward(self, x_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
+    def _map(self, v: Tensor, coefficients: tuple[Tensor, ...], inverse: bool) -> tuple[Tensor, Tensor]:
         shift, log_scale = coefficients
-        return (x_b + shift) * torch.exp(log_scale)
-
-    def _map_inverse(self, y_b: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        shift, log_scale = coefficients
-        return y_b * torch.exp(-log_scale) - shift
-
-    def _map_logdet(self, x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-        return coefficients[1].flatten(1).sum(1)
+        logdet = log_scale.flatten(1).sum(1)
+        if inverse:
+            return v * torch.exp(-log_scale) - shift, -logdet
+        return (v + shift) * torch.exp(log_scale), logdet
 
 
 class Squeeze(nn.Module):
@@ -492,7 +479,9 @@ PERMUTATIONS = {
     "shuffle": ShufflePermutation,
     "reverse": lambda channels: ReversePermutation(),
 }
-COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+from .splines import SplineCoupling  # noqa: E402 (its own module, built on Coupling above)
+
+COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling, "spline": SplineCoupling}
 
 
 class FlowStep(FlowSequence):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import PRECISIONS, GlowConfig
+from .layers import COUPLINGS
 
 __all__ = [
     "PRECISION_CHOICES",
@@ -115,7 +116,7 @@ def _coupling_shapes(config: GlowConfig, batch: int) -> list[tuple[int, int, int
     channels, height, _ = config.image_shape
     half, side, hidden = (4 * channels) // 2, height // 2, config.hidden_channels
     out = 4 * channels - half
-    factor = 2 if config.coupling == "affine" else 1
+    factor = COUPLINGS[config.coupling].out_factor
     return [(batch, half, hidden, 3, side), (batch, hidden, hidden, 1, side), (batch, hidden, factor * out, 3, side)]
 
 
