@@ -16,13 +16,13 @@ from glowtorch.layers import (
     InvertibleConv1x1LU,
     ReversePermutation,
     ShufflePermutation,
-    SplineCoupling,
     Split,
     Squeeze,
     ZeroConv2d,
     gaussian_log_prob,
     random_rotation,
 )
+from glowtorch.splines import SplineCoupling
 
 LAYERS = {
     "actnorm": lambda c: ActNorm(c),
@@ -37,7 +37,7 @@ LAYERS = {
     "step_affine_lu": lambda c: FlowStep(c, 8, "affine", "lu"),
     "step_additive_invconv": lambda c: FlowStep(c, 8, "additive", "invconv"),
     "step_affine_shuffle": lambda c: FlowStep(c, 8, "affine", "shuffle"),
-    "step_spline_lu": lambda c: FlowStep(c, 8, "spline", "lu"),
+    "step_spline_lu": lambda c: FlowStep(c, 8, SplineCoupling, "lu"),
 }
 
 

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from .context import condition_kind, context_from_lowres, context_shape, lowres_factor, lowres_images
+from .couplings import COUPLINGS
 from .dequantization import DEQUANTIZATIONS
-from .layers import COUPLING_NETWORKS, COUPLINGS, PERMUTATIONS
+from .layers import COUPLING_NETWORKS, PERMUTATIONS
 from .memory import MEMORY_MODES
 from .validation import MAX_FLOW_STEPS, check_allocation, check_field_types, dataclass_from_dict
 

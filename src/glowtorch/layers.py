@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "BASIC_COUPLINGS",
     "COUPLING_NETWORKS",
     "ActNorm",
     "AdditiveCoupling",
@@ -29,7 +30,6 @@ __all__ = [
     "InvertibleConv1x1LU",
     "ReversePermutation",
     "ShufflePermutation",
-    "SplineCoupling",
     "Split",
     "Squeeze",
     "ZeroConv2d",
@@ -479,23 +479,25 @@ PERMUTATIONS = {
     "shuffle": ShufflePermutation,
     "reverse": lambda channels: ReversePermutation(),
 }
-from .splines import SplineCoupling  # noqa: E402 (its own module, built on Coupling above)
-
-COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling, "spline": SplineCoupling}
+# Couplings FlowStep knows by name; every family, these and the ones of other modules built on Coupling,
+# is in glowtorch.couplings.COUPLINGS.
+BASIC_COUPLINGS: dict[str, type[Coupling]] = {"affine": AffineCoupling, "additive": AdditiveCoupling}
 
 
 class FlowStep(FlowSequence):
-    """One step of flow: ActNorm -> permutation (1x1 conv, shuffle or reverse) -> coupling."""
+    """One step of flow: ActNorm -> permutation (1x1 conv, shuffle or reverse) -> coupling. ``coupling`` is
+    a name of ``BASIC_COUPLINGS`` or any ``Coupling`` subclass (``glowtorch.couplings.COUPLINGS`` has them all)."""
 
     def __init__(
-        self, channels: int, hidden_channels: int, coupling: str = "affine", permutation: str = "lu",
+        self, channels: int, hidden_channels: int, coupling: str | type[Coupling] = "affine", permutation: str = "lu",
         network: str = "actnorm", pad_value: float = 0.0, context_channels: int = 0,
     ) -> None:  # fmt: skip
+        family = BASIC_COUPLINGS[coupling] if isinstance(coupling, str) else coupling
         super().__init__(
             [
                 ActNorm(channels),
                 PERMUTATIONS[permutation](channels),
-                COUPLINGS[coupling](channels, hidden_channels, network, pad_value, context_channels),
+                family(channels, hidden_channels, network, pad_value, context_channels),
             ]
         )
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .config import PRECISIONS, ComputeConfig, GlowConfig
 from .context import ContextEncoder
+from .couplings import COUPLINGS
 from .dequantization import VariationalDequantizer
 from .layers import (
     ActNorm,
@@ -60,7 +61,7 @@ class Glow(nn.Module):
                 FlowStep(
                     channels,
                     config.hidden_channels,
-                    config.coupling,
+                    COUPLINGS[config.coupling],
                     config.permutation,
                     config.coupling_network,
                     config.zero_conv_padding,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import PRECISIONS, GlowConfig
-from .layers import COUPLINGS
+from .couplings import COUPLINGS
 
 __all__ = [
     "PRECISION_CHOICES",
