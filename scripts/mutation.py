@@ -52,6 +52,8 @@ MODULES: dict[str, list[str]] = {
     "glowtorch.train.schedule": ["tests/test_units.py", "tests/test_reliability.py"],
     "glowtorch.train.diagnostics": ["tests/test_units.py", "tests/test_distributed.py"],
     "glowtorch.demo.explorer": ["tests/test_demo.py"],
+    "glowtorch.splines": ["tests/test_splines.py", "tests/test_layers.py"],
+    "glowtorch.dequantization": ["tests/test_dequantization.py"],
     "glowtorch.latent_files": ["tests/test_units_data.py", "tests/test_latent.py", "tests/test_demo.py"],
     "glowtorch.train.batches": ["tests/test_units_data.py", "tests/test_data.py", "tests/test_conditional.py"],
     "glowtorch.train.run_dir": [

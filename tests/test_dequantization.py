@@ -38,16 +38,29 @@ def test_logistic_draws_are_the_logistic_quantiles_and_finite_at_the_ends() -> N
 def test_a_checkerboard_coupling_is_exact_and_inverts() -> None:
     torch.manual_seed(0)
     coupling = randomize(CheckerboardCoupling(2, 3, 8, parity=1).double(), scale=0.3)
-    h = torch.randn(1, 3, 4, 4, dtype=torch.float64)
-    eps = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    h = torch.randn(1, 3, 4, 6, dtype=torch.float64)  # H != W: the checkerboard's rows and columns differ
+    eps = torch.randn(1, 2, 4, 6, dtype=torch.float64)
     y, logdet = coupling(eps, h)
     assert torch.allclose(logdet[0], jacobian_logdet(lambda v: coupling(v, h)[0], eps[0]), atol=1e-10)
     back, inverse_logdet = coupling.inverse(y, h)
     assert torch.allclose(back, eps, atol=1e-12) and torch.allclose(inverse_logdet, -logdet, atol=1e-12)
-    kept = (torch.arange(4).view(-1, 1) + torch.arange(4)) % 2 == 1  # parity 1 passes through
+    kept = (torch.arange(4).view(-1, 1) + torch.arange(6)) % 2 == 1  # parity 1 passes through
     assert torch.equal(y[..., kept], eps[..., kept]) and not torch.allclose(y[..., ~kept], eps[..., ~kept])
     fresh = CheckerboardCoupling(2, 3, 8, parity=0).double()
     assert torch.equal(fresh(eps, h)[0], eps) and fresh(eps, h)[1].abs().max() == 0  # identity at init
+    # the log-scale by hand: a last convolution that outputs a constant raw value r gives 2 tanh(r / 2)
+    with torch.no_grad():
+        fresh.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 3.0, -1.0], dtype=torch.float64))  # shifts, then raws
+    y0, logdet0 = fresh(eps, h)
+    changed = ~((torch.arange(4).view(-1, 1) + torch.arange(6)) % 2 == 0)
+    scale = torch.tensor([2 * math.tanh(1.5), 2 * math.tanh(-0.5)], dtype=torch.float64).exp().view(1, 2, 1)
+    assert torch.allclose(y0[..., changed], eps[..., changed] * scale, atol=1e-12)
+    assert math.isclose(logdet0.item(), 12 * (2 * math.tanh(1.5) + 2 * math.tanh(-0.5)), rel_tol=1e-12)
+
+
+def test_q_alternates_the_checkerboard_parity() -> None:
+    q = VariationalDequantizer(1, 8, hidden=4, depth=5)
+    assert [c.parity for c in q.couplings] == [0, 1, 0, 1, 0]
 
 
 @pytest.mark.parametrize("n_bits", [8, 3])

@@ -59,6 +59,11 @@ def test_monotone_continuous_and_the_identity_outside_the_interval() -> None:
     assert (log_slope[outside] == 0).all()
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert_close(log_slope, grad.log(), atol=1e-9, rtol=1e-9)  # the log-derivative is the derivative's log
+    # continuously differentiable: just inside either end the slope is the tails' 1
+    ends = torch.tensor([[-BOUND + 1e-9], [BOUND - 1e-9]], dtype=torch.float64)
+    rep = lambda t: t.expand(2, 1, t.shape[-1])  # noqa: E731
+    assert_close(rational_quadratic(ends, rep(widths), rep(heights), rep(slopes))[1], torch.zeros(2, 1,
+                 dtype=torch.float64), atol=1e-5, rtol=0)  # fmt: skip
 
 
 def test_inverse_returns_the_input_and_minus_the_log_derivative() -> None:
