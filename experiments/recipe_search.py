@@ -46,6 +46,11 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "narrow-deep": ("width 64, depth 16", {"hidden_channels": 64, "depth": 16}, {}),
     "wide-shallow": ("width 192, depth 4", {"hidden_channels": 192, "depth": 4}, {}),
     "constant-lr": ("no decay (constant after warmup)", {}, {"decay_steps": None}),
+    "variational-lr-2e-3": (
+        "variational dequantization and peak learning rate 2e-3",
+        {"dequantization": "variational"},
+        {"lr": 2e-3},
+    ),  # fmt: skip
 }
 SMOKE = dict(dataset="digits", minutes=0.15, seeds="0", importance_samples=2, eval_images=64,
              arms="base,variational")  # fmt: skip
