@@ -63,7 +63,8 @@ def test_smoke_search_trains_equal_budgets_and_tables_them(tmp_path) -> None:
 
 
 def test_every_arm_builds_a_valid_config_from_the_preset() -> None:
-    """Each arm is mnist-cpu with its own change and the CPU budget, and makes a valid model and training
+    """Each arm is the starting point (mnist-cpu, uniform dequantization) with its own change and the CPU
+    budget, and makes a valid model and training
     config (a typo in an arm's values fails here, not an hour into a search)."""
     from glowtorch import GlowConfig
     from glowtorch.presets import load_preset
@@ -74,7 +75,7 @@ def test_every_arm_builds_a_valid_config_from_the_preset() -> None:
     for arm, (_, model_change, train_change) in recipe_search.ARMS.items():
         dataset, model, training = recipe_search.run_settings(args, arm, seed=3)
         assert dataset == "mnist"
-        assert model == {**preset["model"], **model_change}
+        assert model == {**preset["model"], **recipe_search.START_MODEL, **model_change}
         config = TrainConfig(**training)
         assert config.max_minutes == 30 and config.budget_clock == "cpu" and config.seed == 3
         assert config.decay_steps == train_change.get("decay_steps", "auto")
