@@ -255,7 +255,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list], str]] = {
     "depth 10**7": config_case(lambda v: v.update(depth=10**7), "steps of flow"),
     "unknown field": config_case(lambda v: v.update(colour="red"), "unknown GlowConfig fields: colour"),
     "coupling a list": config_case(lambda v: v.update(coupling=["affine"]), "coupling must be a string"),
-    "coupling unknown": config_case(lambda v: v.update(coupling="spline"), "coupling must be one of"),
+    "coupling unknown": config_case(lambda v: v.update(coupling="cubic"), "coupling must be one of"),
     "zero padding infinite": config_case(lambda v: v.update(zero_conv_padding=float("inf")), "zero_conv_padding"),
     "num_classes negative": config_case(lambda v: v.update(num_classes=-1), "num_classes"),
     # model.safetensors
