@@ -55,7 +55,7 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
         "variational dequantization and peak learning rate 2e-3",
         {"dequantization": "variational"},
         {"lr": 2e-3},
-    ),  # fmt: skip
+    ),
 }
 SMOKE = dict(dataset="digits", minutes=0.15, seeds="0", importance_samples=2, eval_images=64,
              arms="base,variational")  # fmt: skip
@@ -151,9 +151,9 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
     return record
 
 
-def run_search(args: argparse.Namespace, log=print) -> list[dict]:
+def run_search(args: argparse.Namespace, log=print) -> None:
     """Every (arm, seed) run: reused when its recipe.json holds this budget, else trained in a child process
-    (``--parallel`` at a time). Returns the records in arm order."""
+    (``--parallel`` at a time); ``finished_runs`` then reads the records."""
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     grid = [(arm, seed) for arm in args.arms.split(",") for seed in seeds]
     pending, running, failed = [], [], []
@@ -188,7 +188,6 @@ def run_search(args: argparse.Namespace, log=print) -> list[dict]:
                     f"({(time.monotonic() - started) / 60:.1f} min)")  # fmt: skip
     if failed:
         raise RuntimeError(f"{len(failed)} runs failed: {', '.join(failed)}")
-    return [read_record(args, arm, seed) for arm, seed in grid]
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:

@@ -50,8 +50,8 @@ def paced_decay_steps(
 
 
 def clock() -> float:
-    """Seconds on a monotonic clock: what a run's time budget and the paced decay are measured with (the one
-    place training reads the time, so a test can put a clock of its own here)."""
+    """Seconds on a monotonic clock: what a wall-clock budget and its paced decay are measured with (the one
+    place training reads the wall time, so a test can put a clock of its own here; ``cpu_clock`` likewise)."""
     return time.monotonic()
 
 
