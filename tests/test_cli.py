@@ -178,8 +178,9 @@ def test_a_cpu_budget_counts_cpu_time_not_wall_time(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(glowtorch.train.schedule, "clock", lambda: 5.0)  # wall time stands still
     monkeypatch.setattr(glowtorch.train.schedule, "cpu_clock", TickingClock(0.05))
     out = tmp_path / "cpu"
+    # --steps 400 only caps a broken clock (the budget ends the run after a few dozen steps)
     code, _, _ = run(capsys, "train", "--dataset", "digits", "--max-minutes", "0.05", "--budget-clock", "cpu",
-                     "--warmup-steps", "20", "--decay-steps", "auto", "--out", out, *TINY)  # fmt: skip
+                     "--warmup-steps", "20", "--decay-steps", "auto", "--steps", "400", "--out", out, *TINY)  # fmt: skip
     assert code == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 2.9 <= lines[-1]["elapsed_s"] < 3.5  # 0.05 minutes = 3 s of CPU time, read in 0.05 s ticks
@@ -188,8 +189,8 @@ def test_a_cpu_budget_counts_cpu_time_not_wall_time(tmp_path, capsys, monkeypatc
     # the same run on the wall clock: the CPU clock stands still, the wall clock ticks
     monkeypatch.setattr(glowtorch.train.schedule, "clock", TickingClock(0.05))
     monkeypatch.setattr(glowtorch.train.schedule, "cpu_clock", lambda: 5.0)
-    code, _, _ = run(capsys, "train", "--dataset", "digits", "--max-minutes", "0.05", "--out", tmp_path / "wall",
-                     *TINY)  # fmt: skip
+    code, _, _ = run(capsys, "train", "--dataset", "digits", "--max-minutes", "0.05", "--steps", "400", "--out",
+                     tmp_path / "wall", *TINY)  # fmt: skip
     assert code == 0
     assert 2.9 <= json.loads((tmp_path / "wall" / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"] < 3.5
     with pytest.raises(SystemExit) as exit_code:
