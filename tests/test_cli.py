@@ -180,7 +180,8 @@ def test_a_cpu_budget_counts_cpu_time_not_wall_time(tmp_path, capsys, monkeypatc
     out = tmp_path / "cpu"
     # --steps 400 only caps a broken clock (the budget ends the run after a few dozen steps)
     code, _, _ = run(capsys, "train", "--dataset", "digits", "--max-minutes", "0.05", "--budget-clock", "cpu",
-                     "--warmup-steps", "20", "--decay-steps", "auto", "--steps", "400", "--out", out, *TINY)  # fmt: skip
+                     "--warmup-steps", "20", "--decay-steps", "auto", "--steps", "400", "--out", out,
+                     *TINY)  # fmt: skip
     assert code == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 2.9 <= lines[-1]["elapsed_s"] < 3.5  # 0.05 minutes = 3 s of CPU time, read in 0.05 s ticks
