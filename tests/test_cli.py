@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import assert_distinct_cells, grid_cells
 from glowtorch.cli import main
+from glowtorch.plots import budget_clock
 from test_data import make_mnist
 
 TINY = ["--levels", "2", "--depth", "1", "--hidden-channels", "8", "--batch-size", "16", "--init-images", "32",
@@ -194,6 +195,12 @@ def test_a_cpu_budget_counts_cpu_time_not_wall_time(tmp_path, capsys, monkeypatc
                      tmp_path / "wall", *TINY)  # fmt: skip
     assert code == 0
     assert 2.9 <= json.loads((tmp_path / "wall" / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"] < 3.5
+    # the curve's time axis says which clock its elapsed_s counted
+    assert budget_clock(out / "metrics.jsonl") == "cpu" and budget_clock(tmp_path / "wall" / "metrics.jsonl") == "wall"
+    for text in ("{not json", '["cpu"]', '{"budget_clock": "gpu"}'):  # unreadable or odd: the wall clock, no crash
+        (tmp_path / "odd").mkdir(exist_ok=True)
+        (tmp_path / "odd" / "train_config.json").write_text(text)
+        assert budget_clock(tmp_path / "odd" / "metrics.jsonl") == "wall"
     with pytest.raises(SystemExit) as exit_code:
         main(["train", "--dataset", "digits", "--budget-clock", "gpu", "--out", str(tmp_path / "x")])
     assert exit_code.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err

@@ -205,11 +205,12 @@ def test_card_figure_recomputed_on_the_shipped_test_images(name: str) -> None:
             first = i - i % NOISE_BLOCK
             block_generator = step_generator(1234, first, stream=100 + draw)
             noise.append(torch.rand((NOISE_BLOCK, 1, 28, 28), generator=block_generator)[i - first])
-        x = dequantize(examples, 8, noise=torch.stack(noise))
-        with torch.no_grad():
+        noise = torch.stack(noise)
+        with torch.no_grad():  # variational dequantization moves x by q(u | x) from the same draws: log q joins in
+            x, log_q = model.dequantized(dequantize(examples, 8, noise=noise), noise)
             y = torch.zeros(len(x), dtype=torch.long) if model.config.num_classes else None
             zs, logdet, log_prior = model(x, y)
-            log_p = (log_prior + logdet)[:, None]
+            log_p = (log_prior + logdet - log_q)[:, None]
             if y is not None:  # under every class (the examples carry no labels): only the top prior changes
                 by_class = model.class_log_likelihoods(zs[-1])
                 log_p = log_p + by_class - by_class[:, :1]

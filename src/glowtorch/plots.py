@@ -41,8 +41,20 @@ def _number(value: object) -> float | None:
     return None
 
 
+def budget_clock(metrics_path: str | Path) -> str:
+    """What a run's ``elapsed_s`` counts: the ``budget_clock`` of the ``train_config.json`` beside its
+    metrics ("wall" or "cpu"); "wall" when that file is missing, unreadable or says nothing else."""
+    try:
+        config = json.loads(Path(metrics_path).with_name("train_config.json").read_text())
+    except (OSError, ValueError):
+        return "wall"
+    return "cpu" if isinstance(config, dict) and config.get("budget_clock") == "cpu" else "wall"
+
+
 def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
-    """Writes a PNG with bits/dim against step (left) and wall-clock minutes (right)."""
+    """Writes a PNG with bits/dim against step (left) and minutes (right): wall-clock minutes, or CPU
+    minutes when the ``train_config.json`` beside the metrics says the run counted CPU time
+    (``budget_clock="cpu"``, which is what its ``elapsed_s`` then holds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,8 +63,9 @@ def plot_metrics(metrics_path: str | Path, output: str | Path) -> Path:
     rows = read_metrics(metrics_path)
     if not rows:
         raise ValueError(f"{metrics_path} holds no metrics yet")
+    minutes = "CPU time (minutes)" if budget_clock(metrics_path) == "cpu" else "wall time (minutes)"
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for axis, key, label in ((axes[0], "step", "step"), (axes[1], "elapsed_s", "wall time (minutes)")):
+    for axis, key, label in ((axes[0], "step", "step"), (axes[1], "elapsed_s", minutes)):
         scale = 60.0 if key == "elapsed_s" else 1.0
         for metric, style in (("train_bpd", "-"), ("test_bpd", "o-")):
             points = [(r[key] / scale, _value(r, metric)) for r in rows if _value(r, metric) is not None and key in r]
