@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,46 @@ def test_a_dead_rank_does_not_hang_the_others() -> None:
     for p in procs:
         p.join(timeout=60)
     assert message != "no error"
+
+
+class _TickingClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 0.05
+        return self.t
+
+
+def _clock_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0's clock runs, rank 1's stands still: the budget runs out on one process only."""
+    import glowtorch.train.schedule
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), GLOWTORCH_DIST_TIMEOUT="30", OMP_NUM_THREADS="1")  # fmt: skip
+    torch.set_num_threads(1)
+    glowtorch.train.schedule.clock = _TickingClock() if rank == 0 else (lambda: 5.0)
+    dist = init_distributed("cpu")
+    config = TrainConfig(batch_size=16, init_images=32, steps=300, max_minutes=0.05, eval_every=1000,
+                         temperatures=(0.5,), precision="float32")  # fmt: skip
+    trainer = Trainer(MODEL, config, load_dataset("digits"), None, f"{out}/run", dist=dist, log=lambda *a: None)
+    try:
+        trainer.run(progress=False)
+        result = {"step": trainer.step}
+    except Exception as error:  # noqa: BLE001 - the test reports it
+        result = {"error": f"{type(error).__name__}: {error}"[:300]}
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
+    shutdown()
+
+
+def test_a_time_budget_used_up_on_one_process_stops_all_at_the_same_step(tmp_path) -> None:
+    """Each process reads its own clock (its CPU time, with --budget-clock cpu, differs most): where one
+    finds the budget used up, all stop together, instead of one training on into an all-reduce the
+    other never joins."""
+    mp.spawn(_clock_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert "error" not in results[0] and "error" not in results[1], results
+    assert results[0]["step"] == results[1]["step"] < 300  # rank 0's 3 seconds ended both
 
 
 def run_cli(*argv, env_extra=None) -> subprocess.CompletedProcess:

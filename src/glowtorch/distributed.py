@@ -50,12 +50,13 @@ class Distributed:
         mine = torch.tensor([float(value) if self.is_main else 0.0], dtype=torch.float64, device=device or self.device)
         return float(self.all_reduce_sum(mine).item())
 
-    def any(self, flag: bool, device: str | torch.device | None = None) -> bool:
-        """Whether ``flag`` is true on any process (a stop request seen by one stops all at the same step)."""
+    def any_each(self, *flags: bool, device: str | torch.device | None = None) -> tuple[bool, ...]:
+        """For each flag, whether it is true on any process (a stop request or a used-up time budget seen by
+        one process stops all at the same step): several decisions agreed in one all-reduce."""
         if not self.enabled:
-            return flag
-        mine = torch.tensor([1.0 if flag else 0.0], device=device or self.device)
-        return bool(self.all_reduce_sum(mine).item() > 0)
+            return tuple(bool(flag) for flag in flags)
+        mine = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device or self.device)
+        return tuple(bool(v > 0) for v in self.all_reduce_sum(mine).tolist())
 
     def barrier(self) -> None:
         if self.enabled:

@@ -398,9 +398,16 @@ class Trainer:
         bar = ProgressBar(max_steps, self.step, enabled=progress and self.dist.is_main)
         consecutive_bad = 0
         with StopRequest() as stop:
-            while (max_steps is None or self.step < max_steps) and not config.out_of_time(self.elapsed()):
-                if self.dist.any(stop.signal is not None, self.device):
+            while max_steps is None or self.step < max_steps:
+                # every process reads its own clock: the budget ends the run where any process finds it used up,
+                # so all stop at the same step (one that trained on would wait forever in its next all-reduce)
+                signalled, out_of_time = self.dist.any_each(
+                    stop.signal is not None, config.out_of_time(self.elapsed()), device=self.device
+                )
+                if signalled:
                     self.log(f"stopping at step {self.step} on a signal; checkpoint saved, continue with --resume")
+                    break
+                if out_of_time:
                     break
                 if self.train_step(loss_fn):
                     consecutive_bad = 0
