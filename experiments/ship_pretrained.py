@@ -34,7 +34,7 @@ from glowtorch.evaluate import score_images, summarize_scores
 from glowtorch.images import save_grid
 from glowtorch.latent import round_trip_report, temperature_grid
 from glowtorch.model import Glow
-from glowtorch.plots import budget_clock, plot_metrics, read_metrics
+from glowtorch.plots import plot_metrics, read_metrics
 from glowtorch.pretrained import pretrained_card
 from glowtorch.reference import build_reference
 from glowtorch.train import fit_class_prior
@@ -333,15 +333,15 @@ def main() -> None:
     parser.add_argument("--twin-cpu-seconds", type=float, default=0.0, help="the twin's CPU time")
     args = parser.parse_args()
 
+    train_config = json.loads((args.run / "train_config.json").read_text())
+    if train_config.get("budget_clock") == "cpu" and args.wall_seconds is None:  # checked before any loading
+        parser.error("the run's elapsed_s is CPU time (--budget-clock cpu): give its wall time with --wall-seconds")
     model_dir = resolve_checkpoint(args.run)
     model = load_model(model_dir).eval()
     if args.fit_class_prior:
         model = with_fitted_class_prior(model, args.data_dir)
     test = load_dataset("mnist", args.data_dir, train=False)
     metrics = read_metrics(args.run / "metrics.jsonl")
-    train_config = json.loads((args.run / "train_config.json").read_text())
-    if budget_clock(args.run / "metrics.jsonl") == "cpu" and args.wall_seconds is None:
-        parser.error("the run's elapsed_s is CPU time (--budget-clock cpu): give its wall time with --wall-seconds")
     wall_seconds = args.wall_seconds if args.wall_seconds is not None else metrics[-1]["elapsed_s"]
     measured, per_image = measure(model, test, args.draws)
     card = {
