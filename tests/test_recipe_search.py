@@ -63,9 +63,9 @@ def test_smoke_search_trains_equal_budgets_and_tables_them(tmp_path) -> None:
 
 
 def test_every_arm_builds_a_valid_config_from_the_preset() -> None:
-    """Each arm is the starting point (mnist-cpu, uniform dequantization) with its own change and the CPU
-    budget, and makes a valid model and training
-    config (a typo in an arm's values fails here, not an hour into a search)."""
+    """Each arm is the starting point (mnist-cpu, affine coupling, uniform dequantization) with its own change
+    and the CPU budget, and makes a valid model and training config (a typo in an arm's values fails here,
+    not an hour into a search)."""
     from glowtorch import GlowConfig
     from glowtorch.presets import load_preset
     from glowtorch.train import TrainConfig
@@ -76,6 +76,8 @@ def test_every_arm_builds_a_valid_config_from_the_preset() -> None:
         dataset, model, training = recipe_search.run_settings(args, arm, seed=3)
         assert dataset == "mnist"
         assert model == {**preset["model"], **recipe_search.START_MODEL, **model_change}
+        assert model["coupling"] == model_change.get("coupling", "affine")  # the recipe the search measured
+        assert model["dequantization"] == model_change.get("dequantization", "uniform")
         config = TrainConfig(**training)
         assert config.max_minutes == 30 and config.budget_clock == "cpu" and config.seed == 3
         assert config.decay_steps == train_change.get("decay_steps", "auto")
