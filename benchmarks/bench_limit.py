@@ -133,8 +133,12 @@ class Bench:
     rows: dict = field(default_factory=dict)
 
 
-def make_trainer(name: str, precision: str, folder: str, compile_: bool | None) -> Bench:
-    shape, model_values, train_values = CONFIGS[name]
+def make_trainer(
+    name: str, precision: str, folder: str, compile_: bool | None, dist=None, configs: dict | None = None
+) -> Bench:
+    """A started ``Trainer`` of config ``name`` (of ``configs``, default ``CONFIGS``) on random images, its run
+    folder ``folder``; ``dist`` (a ``glowtorch.distributed.Distributed``) for one process of a DDP job."""
+    shape, model_values, train_values = (configs or CONFIGS)[name]
     values = {k: v for k, v in train_values.items() if k in TRAIN_KEYS}
     if compile_ is not None:
         values["compile"] = compile_
@@ -143,7 +147,7 @@ def make_trainer(name: str, precision: str, folder: str, compile_: bool | None) 
     images = torch.randint(0, 256, (max(4 * batch, 512), *shape), generator=generator, dtype=torch.uint8)
     config = TrainConfig(**values, steps=10**6, precision=precision, init_images=min(512, len(images)))
     trainer = Trainer(GlowConfig(image_shape=shape, **model_values), config, Dataset(images), None, folder,
-                      log=lambda line: None)  # fmt: skip
+                      log=lambda line: None, dist=dist)  # fmt: skip
     trainer.start()
     return Bench(name, trainer, trainer.loss_function(), batch, bool(values.get("compile")))
 

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_limit import CONFIGS as LIMIT_CONFIGS  # noqa: E402
-from bench_limit import TRAIN_KEYS, cpu_model  # noqa: E402
+from bench_limit import cpu_model, make_trainer, train_step  # noqa: E402
 
 # bench_limit's configs, and a tiny one that checks the machinery in seconds
 CONFIGS = {**LIMIT_CONFIGS, "smoke": ((1, 8, 8), dict(levels=2, depth=2, hidden_channels=16), dict(batch_size=4))}
@@ -58,37 +58,19 @@ def free_port() -> int:
 
 def worker(args) -> None:
     """One process of a layout (started by ``run_layout``): trains, times, and rank 0 prints one JSON line."""
-    from glowtorch import GlowConfig
-    from glowtorch.data import Dataset
     from glowtorch.distributed import init_distributed
-    from glowtorch.train import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     dist = init_distributed()
-    shape, model_values, train_values = CONFIGS[args.config]
-    values = {k: v for k, v in train_values.items() if k in TRAIN_KEYS}
-    if args.compile is not None:
-        values["compile"] = args.compile
-    batch = values["batch_size"]
-    images = torch.randint(0, 256, (max(4 * batch, 64), *shape), generator=torch.Generator().manual_seed(0),
-                           dtype=torch.uint8)  # fmt: skip
-    config = TrainConfig(**values, steps=10**6, precision=args.precision, init_images=64)
     with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stderr(io.StringIO()):
-        trainer = Trainer(GlowConfig(image_shape=shape, **model_values), config, Dataset(images), None, folder,
-                          log=lambda line: None, dist=dist)  # fmt: skip
-        trainer.start()
-        loss_fn = trainer.loss_function()
-
-        def step() -> None:
-            trainer.train_step(loss_fn)
-            trainer.step += 1
-
+        bench = make_trainer(args.config, args.precision, folder, args.compile, dist=dist, configs=CONFIGS)
+        trainer, batch = bench.trainer, bench.batch
         for _ in range(args.warmup):
-            step()
+            train_step(bench)
         dist.barrier()
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
-            step()
+            train_step(bench)
         dist.barrier()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     cpu_total = dist.all_reduce_sum(torch.tensor([cpu], dtype=torch.float64)).item()

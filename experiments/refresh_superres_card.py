@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from glowtorch.cli import main as glowtorch  # noqa: E402
 from glowtorch.pretrained import pretrained_card  # noqa: E402
-from ship_pretrained import ROOT, card_text  # noqa: E402
+from ship_pretrained import ROOT, card_text, run_superres  # noqa: E402
 
 
 def main() -> None:
@@ -31,17 +29,10 @@ def main() -> None:
     old = card.get("superres")
     if old is None:
         parser.error(f"pretrained:{args.name} has no super-resolution measurements to refresh")
-    figure = ROOT / "docs" / "figures" / f"model-{args.name}-superres.png"
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "superres.json"
-        argv = ["superres", f"pretrained:{args.name}", "--dataset", "mnist", "--data-dir", args.data_dir,
-                "--baseline", old["baseline"], "--draws", str(old["draws"]), "--figure", str(figure),
-                "--json", str(report)]  # fmt: skip
-        assert glowtorch(argv) == 0
-        new = json.loads(report.read_text())
+    new = run_superres(args.name, args.data_dir, old["baseline"], old["draws"])
     if abs(new["test_bpd"] - card["test_bpd"]) > 1e-9:
         raise SystemExit(f"the model's own bits/dim moved ({card['test_bpd']} -> {new['test_bpd']}): not refreshed")
-    card["superres"] = {**new, "command": old["command"], **({"twin": old["twin"]} if "twin" in old else {})}
+    card["superres"] = {**new, **({"twin": old["twin"]} if "twin" in old else {})}
     target = ROOT / "src" / "glowtorch" / "pretrained" / args.name / "card.json"
     target.write_text(json.dumps(card, indent=2) + "\n")
     files = {kind: f"model-{args.name}-{kind}.png" for kind in ("curve", "samples", "superres")}

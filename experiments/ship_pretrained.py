@@ -95,20 +95,27 @@ def figures(model, run: Path, name: str, out: Path, data_dir: str) -> dict[str, 
     return files
 
 
-def superres_measurements(args, card: dict) -> dict:
-    """``glowtorch superres`` on the shipped model (its figure into docs/figures), and the twin's bits/dim."""
+def run_superres(name: str, data_dir: str, baseline: str, draws: int) -> dict:
+    """What ``glowtorch superres pretrained:NAME --baseline BASELINE`` prints as JSON on the MNIST test set
+    (its figure into docs/figures), with the command under ``"command"`` (the data folder as DIR)."""
     import tempfile
 
-    figure = ROOT / "docs" / "figures" / f"model-{args.name}-superres.png"
+    figure = ROOT / "docs" / "figures" / f"model-{name}-superres.png"
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "superres.json"
-        argv = ["superres", f"pretrained:{args.name}", "--dataset", "mnist", "--data-dir", args.data_dir,
-                "--baseline", "pretrained:mnist", "--draws", str(args.draws), "--figure", str(figure),
+        argv = ["superres", f"pretrained:{name}", "--dataset", "mnist", "--data-dir", data_dir,
+                "--baseline", baseline, "--draws", str(draws), "--figure", str(figure),
                 "--json", str(report)]  # fmt: skip
         assert glowtorch(argv) == 0
         result = json.loads(report.read_text())
+    result["command"] = "glowtorch " + " ".join(argv[:-4]).replace(data_dir, "DIR") + " --figure superres.png"
+    return result
+
+
+def superres_measurements(args, card: dict) -> dict:
+    """``glowtorch superres`` on the shipped model against ``pretrained:mnist``, and the twin's bits/dim."""
+    result = run_superres(args.name, args.data_dir, "pretrained:mnist", args.draws)
     assert abs(result["test_bpd"] - card["test_bpd"]) < 1e-12, (result["test_bpd"], card["test_bpd"])
-    result["command"] = "glowtorch " + " ".join(argv[:-4]).replace(args.data_dir, "DIR") + " --figure superres.png"
     if args.twin:
         twin = load_model(resolve_checkpoint(args.twin)).eval()
         twin_scores, _ = measure(twin, load_dataset("mnist", args.data_dir, train=False), args.draws)
