@@ -42,6 +42,29 @@ def test_the_shipped_models_are_listed() -> None:
     assert set(glowtorch.pretrained_names()) == {*SHIPPED, "mnist-sr4"}  # nothing else rides along in the package
 
 
+@pytest.mark.parametrize("name", sorted(pretrained_names()))
+def test_the_readme_table_gives_each_card_s_figures(name: str) -> None:
+    """The README's table of shipped models shows what each card measured (a re-shipped model whose row
+    was not updated fails here)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith(f"| `pretrained:{name}` |")]
+    assert len(rows) == 1
+    card = pretrained_card(name)
+    cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", rows[0].strip("|"))]  # "\|" is a | in a cell
+    assert cells[1].startswith(f"**{card['test_bpd']:.4f}**")
+    if "test_bpd_importance_weighted" in card and card["architecture"].get("dequantization") == "variational":
+        assert f"importance-weighted {card['test_bpd_importance_weighted']:.4f}" in cells[1]
+    assert cells[2] == f"{card['test_bpd_median']:.3f} / {card['test_bpd_worst']:.2f}"
+    if "test_accuracy" in card:
+        assert cells[3].startswith(f"{card['test_accuracy_likelihood']:.3f} (highest p(x \\| y))")
+        assert cells[3].endswith(f"{card['test_accuracy']:.3f} (latent classifier)")
+    assert cells[4] == f"{card['parameters']:,}"
+    assert f"{card['steps']:,} steps" in cells[5] and f"{card['cpu_hours']:.2f} CPU-hours" in cells[5]
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_each_shipped_model_loads_in_eval_mode_with_finite_weights(name: str) -> None:
     model = glowtorch.load_pretrained(name)
