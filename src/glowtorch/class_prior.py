@@ -20,7 +20,8 @@ def fit_class_prior(
     """A class-conditional model with a ``class_prior="spatial"`` top prior at its maximum-likelihood value
     for the model's flow: each class's prior becomes the mean and standard deviation, at every position,
     of the top latents of that class's ``images`` (uint8 ``(N, C, H, W)``, one dequantization draw each,
-    from ``seed``). The flow is untouched, so it stays exactly invertible, and the mean log-likelihood of
+    from ``seed``, dequantized as the model's likelihoods are: by ``q(u | x)`` for variational
+    dequantization, whose inputs the flow was trained on). The flow is untouched, so it stays exactly invertible, and the mean log-likelihood of
     ``images`` under their own classes can only rise for those draws.
 
     A spatial model is fitted in place and returned; a ``"channel"`` model is left as it is and a new
@@ -56,7 +57,10 @@ def fit_class_prior(
     generator = torch.Generator().manual_seed(seed)
     with model.full_precision():  # a maximum-likelihood fit of the model's own (float32) likelihood
         for start in tqdm(range(0, len(images), batch_size), desc="fitting", leave=False, disable=not progress):
-            x = dequantize(images[start : start + batch_size], config.n_bits, generator=generator).to(ref)
+            batch = images[start : start + batch_size]
+            noise = torch.rand(batch.shape, generator=generator)  # the draws dequantize(generator=...) makes
+            x = dequantize(batch, config.n_bits, noise=noise).to(ref)
+            x, _ = model.dequantized(x, noise.to(x))  # the model's own dequantization: q(u | x) if variational
             y = labels[start : start + batch_size]
             top = model(x, y.to(ref.device))[0][-1].double().cpu()  # the top latent does not depend on y
             sums.index_add_(0, y, top)
