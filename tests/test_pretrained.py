@@ -194,7 +194,7 @@ def test_same_handwriting_another_digit_from_the_command_line(tmp_path, capsys) 
 
 # Per-image bits/dim (4 draws, seed 1234) of handwritten_digits() under the shipped weights, measured once:
 # the weights are fixed, so a damaged or differently loaded model moves them.
-GOLDEN_DIGITS = {"mnist": [0.7663, 0.2434, 0.7450, 0.9143], "mnist-conditional": [1.1389, 0.4170, 1.1178, 1.3969]}
+GOLDEN_DIGITS = {"mnist": [0.7663, 0.2434, 0.7450, 0.9143], "mnist-conditional": [0.7914, 0.2316, 0.7758, 0.9843]}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -261,7 +261,11 @@ def test_the_super_resolution_model_loads_trained_and_records_its_measurements()
     # the baseline is pretrained:mnist scored by the same function with the same noise as its own card (on
     # another CPU, which rounds differently in the last float32 digits)
     assert sr["baseline_bpd"] == pytest.approx(pretrained_card("mnist")["test_bpd"], abs=1e-5)
-    assert sr["test_bpd"] < sr["twin"]["test_bpd"]  # the context helps, at the same flow and steps
+    # a conditional model of the same data, trained well, is below the unconditional one:
+    # log p(x) = log p(c) + log p(x | c), and log p(c) <= 0
+    assert sr["test_bpd"] < sr["baseline_bpd"]
+    if "twin" in sr:  # the context helps, at the same flow and steps
+        assert sr["test_bpd"] < sr["twin"]["test_bpd"]
     assert set(sr["fidelity_mae"]) == {"0", "0.6", "1"} and set(sr["diversity"]) == {"0.6", "1"}
     assert sr["command"].startswith("glowtorch superres pretrained:mnist-sr4")
     from pathlib import Path
@@ -295,4 +299,4 @@ def test_the_super_resolution_model_scores_fixed_digits_as_measured() -> None:
     from glowtorch.evaluate import score_images
 
     scores = score_images(glowtorch.load_pretrained("mnist-sr4"), handwritten_digits(), draws=4).bits_per_dim
-    assert scores.tolist() == pytest.approx([1.2390, 0.5077, 1.0608, 1.4804], abs=2e-4)
+    assert scores.tolist() == pytest.approx([0.8051, 0.2497, 0.8033, 0.9880], abs=2e-4)

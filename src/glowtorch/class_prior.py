@@ -21,8 +21,9 @@ def fit_class_prior(
     for the model's flow: each class's prior becomes the mean and standard deviation, at every position,
     of the top latents of that class's ``images`` (uint8 ``(N, C, H, W)``, one dequantization draw each,
     from ``seed``, dequantized as the model's likelihoods are: by ``q(u | x)`` for variational
-    dequantization, whose inputs the flow was trained on). The flow is untouched, so it stays exactly invertible, and the mean log-likelihood of
-    ``images`` under their own classes can only rise for those draws.
+    dequantization, whose inputs the flow was trained on). The flow is untouched, so it stays exactly
+    invertible, and the mean log-likelihood of ``images`` under their own classes can only rise for those
+    draws.
 
     A spatial model is fitted in place and returned; a ``"channel"`` model is left as it is and a new
     spatial model with its flow weights is returned.
