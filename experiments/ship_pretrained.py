@@ -20,7 +20,6 @@ run of the same recipe and budget) is evaluated beside; they ship without the de
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -66,13 +65,8 @@ def measure(model, data, draws: int) -> tuple[dict, torch.Tensor]:
 
 def with_fitted_class_prior(model: Glow, data_dir: str) -> Glow:
     """The model with a spatial class prior fitted to the 60,000 training images; the flow is unchanged."""
-    spatial = Glow(dataclasses.replace(model.config, class_prior="spatial"))
-    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("label_prior.")}
-    missing, unexpected = spatial.load_state_dict(kept, strict=False)
-    assert not unexpected and all(k.startswith("label_prior.") for k in missing), (missing, unexpected)
     train = load_dataset("mnist", data_dir, train=True)
-    fit_class_prior(spatial, train.images, train.labels, progress=True)
-    return spatial.eval()
+    return fit_class_prior(model, train.images, train.labels, progress=True).eval()
 
 
 def figures(model, run: Path, name: str, out: Path, data_dir: str) -> dict[str, str]:

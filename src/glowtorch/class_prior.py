@@ -49,7 +49,9 @@ def fit_class_prior(
     if config.class_prior != "spatial":
         spatial = Glow(dataclasses.replace(config, class_prior="spatial"), model.compute).to(model.top_prior)
         flow = {k: v for k, v in model.state_dict().items() if not k.startswith("label_prior.")}
-        spatial.load_state_dict(flow, strict=False)  # only label_prior differs, and it is set below
+        missing, unexpected = spatial.load_state_dict(flow, strict=False)  # only label_prior differs: set below
+        if unexpected or not all(key.startswith("label_prior.") for key in missing):
+            raise RuntimeError(f"the spatial prior's model does not take this flow: {missing + unexpected}")
         model = spatial
     model.eval()
     ref = model.top_prior
