@@ -242,7 +242,7 @@ def baseline_sentence(card: dict, mnist: dict) -> str:
     side = card["architecture"]["image_shape"][1] // card["superres"]["factor"]
     if card["test_bpd"] < mnist["test_bpd"]:
         gap = mnist["test_bpd"] - card["test_bpd"]
-        pixels = card["architecture"]["image_shape"][1] ** 2
+        pixels = math.prod(card["architecture"]["image_shape"])  # dimensions: bits/dim x dims = bits per image
         return (f"Given the {side}x{side} image, this model is below `pretrained:mnist` ({card['test_bpd']:.4f} "
                 f"against {mnist['test_bpd']:.4f} bits/dim, {gap:.4f} lower: {gap * pixels:.0f} bits per image), "
                 f"as a conditional model of the same data should be (log p(x) = log p(c) + log p(x | c)), "
@@ -299,7 +299,7 @@ def superres_text(card: dict, files: dict[str, str]) -> list[str]:
             [
                 f"Between the twin and this model (the same flow, the same steps) the difference, "
                 f"{sr['twin']['test_bpd'] - sr['test_bpd']:.4f} bits/dim "
-                f"({(sr['twin']['test_bpd'] - sr['test_bpd']) * card['architecture']['image_shape'][1] ** 2:.0f} "
+                f"({(sr['twin']['test_bpd'] - sr['test_bpd']) * math.prod(card['architecture']['image_shape']):.0f} "
                 f"bits per image), estimates what the {side}x{side} image tells about the digit.",
             ]
             if "twin" in sr
