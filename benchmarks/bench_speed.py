@@ -20,6 +20,14 @@ float32 FMA: benchmarks/isa_peak.c times the instructions themselves.
     python benchmarks/bench_speed.py                       # configs A, B and C (memory), CPU
     python benchmarks/bench_speed.py --configs C --steps 2 # just the memory comparison
     python benchmarks/bench_speed.py --device cuda --configs B,paper
+    python benchmarks/bench_speed.py --configs A,B,C32 --variants fast,auto,reversible,rosinality \
+        --rosinality /tmp/glow-pytorch --repeats 3     # against rosinality/glow-pytorch's own code
+
+The "rosinality" variant runs rosinality/glow-pytorch (a checkout given by --rosinality, commit 97081ff;
+nothing is downloaded) at the same architecture: its ``Glow`` with affine coupling and LU-decomposed 1x1
+convolutions, its coupling width set to the config's, Adam and the loss of its train.py, sampling with
+``reverse`` at temperature 0.7; eager float32, as its train.py runs. With --repeats N every
+measurement is made N times, the variants alternating, and the table gives each figure's median.
 
 Run it on an otherwise idle machine.
 """
@@ -209,13 +217,92 @@ def measure(spec: dict) -> dict:
     }
 
 
-def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int) -> dict:
+def measure_rosinality(spec: dict) -> dict:
+    """Runs inside the subprocess: the same measurements of rosinality/glow-pytorch's own model and
+    training step (its train.py's loss and Adam), at the config's architecture."""
+    import importlib.util
+    import math
+    import resource
+
+    import torch
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    path = spec["rosinality"] + "/model.py"
+    module_spec = importlib.util.spec_from_file_location("rosinality_model", path)
+    port = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(port)
+    arch = spec["architecture"]
+    channels, size = arch["image_shape"][0], arch["image_shape"][1]
+    torch.manual_seed(0)
+    model = port.Glow(channels, arch["depth"], arch["levels"], affine=True, conv_lu=True)
+    for block in model.blocks:  # its coupling width is fixed at 512 by a default argument: set the config's
+        for flow in block.flows:
+            flow.coupling = port.AffineCoupling(flow.coupling.net[0].in_channels * 2, arch["hidden_channels"])
+    batch, n_bins, n_pixel = spec["batch"], 2.0**8, channels * size * size
+    x = (torch.rand(batch, channels, size, size) - 0.5) * 0.9
+    x = x + torch.rand_like(x) / n_bins
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def loss_of(x):  # its train.py's calc_loss, in bits per dimension
+        log_p, logdet, _ = model(x)
+        loss = -math.log(n_bins) * n_pixel + logdet + log_p
+        return (-loss / (math.log(2) * n_pixel)).mean()
+
+    with torch.no_grad():
+        model(x)  # ActNorm initializes from the first batch, as in its training
+    times = []
+    for _ in range(spec["warmup"] + spec["steps"]):
+        start = time.perf_counter()
+        loss = loss_of(x)
+        model.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    train_time = statistics.median(times[spec["warmup"] :])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    state_gib = sum(t.numel() * t.element_size() for t in tensors) / 2**30
+    with torch.no_grad():
+        shapes = [z.shape for z in model(x)[2]]
+    train_flops, sample_flops = model_flops(arch)
+    sample_times = []
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for _ in range(1 + max(5, spec["steps"])):
+            start = time.perf_counter()
+            model.reverse([0.7 * torch.randn(shape, generator=generator) for shape in shapes])
+            sample_times.append(time.perf_counter() - start)
+    sample_time = statistics.median(sample_times[1:])
+    return {
+        "train_images_per_s": batch / train_time,
+        "step_s": train_time,
+        "sample_images_per_s": batch / sample_time,
+        "peak_gib": peak,
+        "state_gib": state_gib,
+        "work_gib": max(0.0, peak - state_gib - baseline),
+        "saved_gib": float("nan"),
+        "train_gflop": train_flops / 1e9,
+        "sample_gflop": sample_flops / 1e9,
+        "first_step_s": times[0],
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "loss_bpd": float(loss),
+    }
+
+
+def run_one(
+    config_name: str, variant: str, device: str, steps: int, warmup: int, rosinality: str | None = None
+) -> dict:
     settings = dict(CONFIGS[config_name])
     batch = settings.pop("batch")
-    model = {**settings, **VARIANTS[variant]}
+    model = {**settings, **VARIANTS.get(variant, {})}
     spec = {"model": model, "architecture": settings, "batch": batch, "device": device, "steps": steps}
     spec["warmup"] = warmup
     spec["plain"] = variant == "plain"
+    if variant == "rosinality":
+        if rosinality is None or device != "cpu":
+            raise SystemExit("the rosinality variant needs --rosinality CHECKOUT (rosinality/glow-pytorch) on the CPU")
+        spec["rosinality"] = rosinality
     out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{config_name}/{variant} failed:\n{out.stderr[-3000:]}")
@@ -225,16 +312,19 @@ def run_one(config_name: str, variant: str, device: str, steps: int, warmup: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="A,B,C", help="A, B, C (= C8 and C32 for memory), paper")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}, rosinality")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rosinality", help="a checkout of rosinality/glow-pytorch, for the rosinality variant")
+    parser.add_argument("--repeats", type=int, default=1, help="measure each N times, alternating; medians")
     parser.add_argument("--json", help="also write the measurements to this JSON file")
     parser.add_argument("--table-only", action="store_true", help="stop after the table (no peak or probe lines)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON spec
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(json.loads(args.measure))))
+        spec = json.loads(args.measure)
+        print(json.dumps(measure_rosinality(spec) if "rosinality" in spec else measure(spec)))
         return
     names = []
     for name in args.configs.split(","):
@@ -242,18 +332,24 @@ def main() -> None:
     results: dict[tuple[str, str], dict] = {}
     header = f"{'config':6s} {'variant':10s} {'train img/s':>11s} {'GFLOP/s':>7s} {'step s':>7s} {'sample img/s':>12s} "
     print(header + f"{'peak GiB':>8s} {'state GiB':>9s} {'work GiB':>8s} {'saved act. GiB':>14s} {'params M':>8s}")
+    plan = []
     for name in names:
         variants = args.variants.split(",")
         if name.startswith("C"):  # the memory configs: memory modes only
-            variants = [v for v in variants if v in ("plain", "fast", "reversible", "checkpoint")]
-        for variant in variants:
-            r = run_one(name, variant, args.device, args.steps, args.warmup)
-            results[(name, variant)] = r
-            gflops = r["train_images_per_s"] * r["train_gflop"]
-            line = f"{name:6s} {variant:10s} {r['train_images_per_s']:11.1f} {gflops:7.0f} {r['step_s']:7.2f} "
-            line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['state_gib']:9.2f} {r['work_gib']:8.2f} "
-            line += f"{r['saved_gib']:14.3f} {r['params_m']:8.1f}"
-            print(line, flush=True)
+            variants = [v for v in variants if v in ("plain", "fast", "reversible", "checkpoint", "rosinality")]
+        plan += [(name, variant) for variant in variants]
+    runs: dict[tuple[str, str], list[dict]] = {key: [] for key in plan}
+    for round_ in range(args.repeats):  # alternating: every variant once per round
+        for name, variant in plan if round_ % 2 == 0 else plan[::-1]:
+            runs[(name, variant)].append(run_one(name, variant, args.device, args.steps, args.warmup, args.rosinality))
+    for name, variant in plan:
+        r = {key: statistics.median(m[key] for m in runs[(name, variant)]) for key in runs[(name, variant)][0]}
+        results[(name, variant)] = r
+        gflops = r["train_images_per_s"] * r["train_gflop"]
+        line = f"{name:6s} {variant:10s} {r['train_images_per_s']:11.1f} {gflops:7.0f} {r['step_s']:7.2f} "
+        line += f"{r['sample_images_per_s']:12.1f} {r['peak_gib']:8.2f} {r['state_gib']:9.2f} {r['work_gib']:8.2f} "
+        line += f"{r['saved_gib']:14.3f} {r['params_m']:8.1f}"
+        print(line, flush=True)
     if args.json:
         rows = [{"config": name, "variant": variant, **r} for (name, variant), r in results.items()]
         with open(args.json, "w") as f:
@@ -289,6 +385,17 @@ def main() -> None:
                 memory = r["peak_gib"] / plain["peak_gib"]
                 print(
                     f"{name}: {variant} / plain: training x{speed:.2f}, sampling x{sampling:.2f}, memory x{memory:.2f}"
+                )
+    for name in names:
+        port = results.get((name, "rosinality"))
+        for variant in args.variants.split(","):
+            r = results.get((name, variant))
+            if port and r and variant != "rosinality":
+                training = r["train_images_per_s"] / port["train_images_per_s"]
+                print(
+                    f"{name}: {variant} / rosinality: training x{training:.2f}, "
+                    f"sampling x{r['sample_images_per_s'] / port['sample_images_per_s']:.2f}, "
+                    f"peak memory x{r['peak_gib'] / port['peak_gib']:.2f}"
                 )
     rev8, rev32 = results.get(("C8", "reversible")), results.get(("C32", "reversible"))
     if rev8 and rev32:
