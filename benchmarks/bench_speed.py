@@ -286,7 +286,7 @@ def measure_rosinality(spec: dict) -> dict:
         "sample_gflop": sample_flops / 1e9,
         "first_step_s": times[0],
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "loss_bpd": float(loss),
+        "loss_bpd": float(loss.detach()),
     }
 
 
