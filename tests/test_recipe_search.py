@@ -54,6 +54,7 @@ def test_smoke_search_trains_equal_budgets_and_tables_them(tmp_path) -> None:
     for row in rows:
         arm = row.split("|")[1].strip()
         assert f"{records[arm]['test_bpd']:.4f}" in row and f"{records[arm]['test_bpd_importance_weighted']:.4f}" in row
+        assert row.split("|")[6].strip() == f"{records[arm]['steps']:,}"  # steps per seed (one seed here)
     assert Image.open(out / "recipes.png").size[0] >= 600
     again = search(out, "--arms", "base")  # a finished run is reused: nothing trains
     assert again.returncode == 0 and "1 of 1 runs done already; 0 to train" in again.stdout
@@ -95,3 +96,18 @@ def test_unknown_arms_and_bad_budgets_are_refused(capsys) -> None:
     assert "unknown arm 'wider'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         recipe_search.parse_args(["--minutes", "0"])
+
+
+def test_the_table_gives_each_arms_mean_and_every_seeds_bits_per_dim_and_steps(tmp_path) -> None:
+    def record(arm: str, seed: int, bpd: float, steps: int) -> dict:
+        return {"arm": arm, "seed": seed, "test_bpd": bpd, "test_bpd_importance_weighted": bpd - 0.01,
+                "steps": steps, "cpu_minutes": 20.0, "parameters": 438_848, "precision": "bfloat16",
+                "importance_samples": 4, "test_images": 10_000}  # fmt: skip
+
+    records = [record("base", 0, 1.60, 7307), record("base", 1, 1.64, 5694), record("spline", 0, 1.50, 2794)]
+    rows = recipe_search.summarize(records)
+    assert [r["arm"] for r in rows] == ["spline", "base"]  # best first
+    table = recipe_search.write_table(rows, records, tmp_path / "results.md", "cmd").read_text()
+    base = next(line for line in table.splitlines() if line.startswith("| base"))
+    cells = [cell.strip() for cell in base.split("|")[1:-1]]
+    assert cells[2:7] == ["1.6200", "1.6000, 1.6400", "1.6100", "7,307, 5,694", "20.0"]
