@@ -127,6 +127,49 @@ def device_peak(device: str) -> dict[str, float]:
     return result
 
 
+def run_timed(fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` (which synchronizes the device itself)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def state_gib(model, optimizer) -> float:
+    """GiB of parameters, gradients and optimizer state."""
+    import torch
+
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+
+
+def measurement(spec: dict, model, optimizer, times: list[float], sample_times: list[float], peak: float,
+                baseline: float, saved: float, loss) -> dict:  # fmt: skip
+    """One measurement's figures: medians of the timed steps (after the warmup) and sampling passes (after
+    the first), memory, and the architecture's work as counted on glowtorch's plain path."""
+    batch, state = spec["batch"], state_gib(model, optimizer)
+    train_time = statistics.median(times[spec["warmup"] :])  # robust to a stray slow step
+    sample_time = statistics.median(sample_times[1:])
+    train_flops, sample_flops = model_flops(spec["architecture"])
+    return {
+        "train_images_per_s": batch / train_time,
+        "step_s": train_time,
+        "sample_images_per_s": batch / sample_time,
+        "peak_gib": peak,
+        "state_gib": state,
+        "work_gib": max(0.0, peak - state - baseline),  # resident-set noise can make it slightly negative
+        "saved_gib": saved,
+        "train_gflop": train_flops / 1e9,
+        "sample_gflop": sample_flops / 1e9,
+        "first_step_s": times[0],
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "loss_bpd": float(loss.detach()),
+    }
+
+
 def measure(spec: dict) -> dict:
     """Runs inside the subprocess: times training steps and sampling, reports peak memory."""
     import resource
@@ -172,49 +215,32 @@ def measure(spec: dict) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
-        start = time.perf_counter()
+
+    def step() -> None:
+        nonlocal loss
         loss, _ = objective(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sync()
-        times.append(time.perf_counter() - start)
-    train_time = statistics.median(times[spec["warmup"] :])  # robust to a stray slow step
+
+    loss = None
+    times = run_timed(step, spec["warmup"] + spec["steps"])
     peak = (
         torch.cuda.max_memory_allocated() / 2**30
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
-    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
-    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-    state_gib = sum(t.numel() * t.element_size() for t in tensors) / 2**30
     # After the peak is read, so this extra forward cannot raise it; eager, as autograd keeps it.
     saved = saved_activation_gib(TrainingObjective(model), x, model.parameters())
-    train_flops, sample_flops = model_flops(spec["architecture"])
-    sample_times = []
+
+    def sample() -> None:
+        model.sample(batch, 0.7, generator=torch.Generator(device=device).manual_seed(0))
+        sync()
+
     with torch.inference_mode():
-        for _ in range(1 + max(5, spec["steps"])):
-            start = time.perf_counter()
-            model.sample(batch, 0.7, generator=torch.Generator(device=device).manual_seed(0))
-            sync()
-            sample_times.append(time.perf_counter() - start)
-    sample_time = statistics.median(sample_times[1:])
-    return {
-        "train_images_per_s": batch / train_time,
-        "step_s": train_time,
-        "sample_images_per_s": batch / sample_time,
-        "peak_gib": peak,
-        "state_gib": state_gib,
-        "work_gib": max(0.0, peak - state_gib - baseline),  # resident-set noise can make it slightly negative
-        "saved_gib": saved,
-        "train_gflop": train_flops / 1e9,
-        "sample_gflop": sample_flops / 1e9,
-        "first_step_s": times[0],
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "loss_bpd": float(loss),
-    }
+        sample_times = run_timed(sample, 1 + max(5, spec["steps"]))
+    return measurement(spec, model, optimizer, times, sample_times, peak, baseline, saved, loss)
 
 
 def measure_rosinality(spec: dict) -> dict:
@@ -250,44 +276,26 @@ def measure_rosinality(spec: dict) -> dict:
 
     with torch.no_grad():
         model(x)  # ActNorm initializes from the first batch, as in its training
-    times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
-        start = time.perf_counter()
+
+    def step() -> None:
+        nonlocal loss
         loss = loss_of(x)
         model.zero_grad()
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    train_time = statistics.median(times[spec["warmup"] :])
+
+    loss = None
+    times = run_timed(step, spec["warmup"] + spec["steps"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
-    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-    state_gib = sum(t.numel() * t.element_size() for t in tensors) / 2**30
     with torch.no_grad():
         shapes = [z.shape for z in model(x)[2]]
-    train_flops, sample_flops = model_flops(arch)
-    sample_times = []
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        for _ in range(1 + max(5, spec["steps"])):
-            start = time.perf_counter()
-            model.reverse([0.7 * torch.randn(shape, generator=generator) for shape in shapes])
-            sample_times.append(time.perf_counter() - start)
-    sample_time = statistics.median(sample_times[1:])
-    return {
-        "train_images_per_s": batch / train_time,
-        "step_s": train_time,
-        "sample_images_per_s": batch / sample_time,
-        "peak_gib": peak,
-        "state_gib": state_gib,
-        "work_gib": max(0.0, peak - state_gib - baseline),
-        "saved_gib": float("nan"),
-        "train_gflop": train_flops / 1e9,
-        "sample_gflop": sample_flops / 1e9,
-        "first_step_s": times[0],
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "loss_bpd": float(loss.detach()),
-    }
+        sample_times = run_timed(
+            lambda: model.reverse([0.7 * torch.randn(shape, generator=generator) for shape in shapes]),
+            1 + max(5, spec["steps"]),
+        )
+    return measurement(spec, model, optimizer, times, sample_times, peak, baseline, float("nan"), loss)
 
 
 def run_one(
